@@ -1,0 +1,97 @@
+"""The contract between a training stage and the shared training loop (`mavilt_jax/train.py`).
+
+Every stage of the project (CXR encoder, VQ-GAN tokenizer, text pretraining, multimodal stage 1,
+instruction tuning stage 2) is one `Stage`. The loop owns everything that is the same for all of
+them: the mesh and shardings, abstract state creation, the grain input pipeline, jitting the step
+(once, with the state donated), checkpoints, metric writers, NaN checks and preemption. A stage
+owns only what is specific to it: how an example becomes model inputs, how the state is created,
+and the one train step.
+
+Contract (all functions are pure and traceable unless stated otherwise):
+
+- ``preprocess(example, rng)``: numpy in, numpy out, runs in grain workers; fixed shapes so that
+  batches stack. ``rng`` is a ``np.random.Generator`` seeded per (seed, record index), so the data
+  order and augmentation are reproducible and resumable.
+- ``init_state(rng)``: builds the full `TrainState`. The loop calls it under ``jax.eval_shape``
+  to get shapes, derives shardings from the logical-axis annotations, then runs it under
+  ``jax.jit(..., out_shardings=...)``; it must not read files (use ``restore_pretrained`` for that).
+- ``train_step(state, batch, rng)`` -> ``(state, measurements)``: the one jitted step of the stage.
+  ``rng`` is already folded with the step. ``measurements`` is a flat dict of scalars and holds
+  every loss term by name (the loop names the first non-finite one when it stops a run).
+- ``eval_step(state, batch)`` -> measurements averaged by the loop over the validation split.
+- ``restore_pretrained(state)``: host code, called once after a fresh init when no checkpoint
+  exists in the workdir; imports pretrained weights or a previous stage's checkpoint.
+- ``periodic_eval(state, writer, step, workdir)``: host code for samples (images, reports).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Mapping
+
+import flax
+import jax
+import ml_collections
+import numpy as np
+
+PyTree = Any
+Batch = Mapping[str, np.ndarray]
+Measurements = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What a stage trains and what the loop checkpoints.
+
+    step: int32 scalar, the number of updates applied so far.
+    params: the trained parameters (those the optimizer updates).
+    opt_state: the optax state of ``params``.
+    extra: anything else the step carries and checkpoints: discriminator parameters and their
+      optimizer state, EMA codebooks, batch statistics. ``None`` when unused.
+    frozen: arrays the step reads but never updates: the pretrained anchor of Eq. 11, the frozen
+      VQ-GAN decoder or phi of Eq. 4. Checkpointed too, so a resumed run needs no other file.
+    """
+
+    step: jax.Array
+    params: PyTree
+    opt_state: PyTree
+    extra: PyTree = None
+    frozen: PyTree = None
+
+
+class Stage(abc.ABC):
+    """One training stage; see the module docstring for the contract."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+
+    # ---- data (host, numpy) ------------------------------------------------------------------
+    @abc.abstractmethod
+    def preprocess(self, example: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One TFDS example -> one training example of fixed shapes."""
+
+    def eval_preprocess(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Deterministic preprocessing for validation; by default the train one with a fixed rng."""
+        return self.preprocess(example, np.random.default_rng(0))
+
+    # ---- state and step (traced) --------------------------------------------------------------
+    @abc.abstractmethod
+    def init_state(self, rng: jax.Array) -> TrainState:
+        """The initial train state; pure, so the loop can build it abstractly and sharded."""
+
+    @abc.abstractmethod
+    def train_step(self, state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Measurements]:
+        """The stage's one train step."""
+
+    def eval_step(self, state: TrainState, batch: Batch) -> Measurements:
+        """Validation measurements for one batch (averaged by the loop)."""
+        return {}
+
+    # ---- host hooks ---------------------------------------------------------------------------
+    def restore_pretrained(self, state: TrainState) -> TrainState:
+        """Fills ``state`` from pretrained weights or a previous stage; identity by default."""
+        return state
+
+    def periodic_eval(self, state: TrainState, writer: Any, step: int, workdir: str) -> None:
+        """Writes samples (image grids, generated reports); nothing by default."""
+        return None
