@@ -1,0 +1,386 @@
+"""The decoder-only LLM (Llama family: Llama 2/3, SmolLM, Qwen2) in Flax linen.
+
+RMSNorm, rotary position embeddings (default, "linear", "dynamic" and "llama3" scaling as in
+Hugging Face transformers), SwiGLU MLP, grouped-query attention, optional q/k/v biases (Qwen2) and
+tied input/output embeddings. The same module serves text-only pretraining and the image-extended
+vocabulary of MAViLT (Eq. 5-10): the vocabulary is just a larger ``vocab_size``.
+
+Shape legend:
+  B: batch            T: query length (tokens in this call)    S: key length (cache slots or T)
+  N: query heads      K: key/value heads                      G: query heads per kv head (N // K)
+  H: head dim         D: model dim (hidden_size)              F: MLP hidden (intermediate_size)
+  V: vocabulary       L: layers
+
+Parameter tree (``layers_{i}`` per layer, or one ``layers`` with a leading L axis when scanned):
+  embed/embedding [V, D]; lm_head/kernel [D, V] (absent when tied); final_norm/scale [D];
+  layers_i/{input_norm, post_attention_norm}/scale [D];
+  layers_i/attn/{q_proj [D, N, H], k_proj [D, K, H], v_proj [D, K, H]}/kernel (+ bias [N|K, H]);
+  layers_i/attn/o_proj/kernel [N, H, D];
+  layers_i/mlp/{gate_proj, up_proj}/kernel [D, F]; layers_i/mlp/down_proj/kernel [F, D].
+
+Logical axis names, for the rule table that maps them to mesh axes:
+  parameters:  "vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "layers" (scanned only)
+  activations: "act_batch", "act_len", "act_embed", "act_heads", "act_kv_heads", "act_head_dim",
+               "act_mlp", "act_vocab"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite, so fully masked rows give no NaN
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMConfig:
+    """Static description of the decoder; hashable, so it can be a static jit argument."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float = 10000.0
+    # Hashable form of Hugging Face's rope_scaling dict, e.g. (("factor", 8.0), ("rope_type", "llama3"), ...).
+    rope_scaling: tuple[tuple[str, Any], ...] | None = None
+    rms_norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    attention_bias: bool = False
+    max_position_embeddings: int = 2048
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat: str = "none"  # "none" | "full" | "dots" | "dots_with_no_batch_dims"
+    attention_impl: str = "xla"  # "xla" | "dot_product_attention"
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.remat not in _REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r}; expected one of {sorted(_REMAT_POLICIES)}")
+        if self.attention_impl not in ("xla", "dot_product_attention"):
+            raise ValueError(f"attention_impl={self.attention_impl!r}; expected 'xla' or 'dot_product_attention'")
+        if self.rope_type not in ("default", "linear", "dynamic", "llama3"):
+            raise ValueError(f"unsupported rope scaling type {self.rope_type!r}")
+
+    @property
+    def rope_scaling_dict(self) -> dict[str, Any]:
+        return dict(self.rope_scaling or ())
+
+    @property
+    def rope_type(self) -> str:
+        d = self.rope_scaling_dict
+        return d.get("rope_type", d.get("type", "default"))
+
+
+_REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Explicit key/value cache of all layers.
+
+    keys, values: [L, B, S, K, H]; end_index: int32 scalar, the number of slots already written
+    (the same for every row: prompts are left-padded so all rows share slot indices).
+    """
+
+    keys: Array
+    values: Array
+    end_index: Array
+
+    @property
+    def max_len(self) -> int:
+        return self.keys.shape[2]
+
+
+def init_cache(config: LLMConfig, batch_size: int, max_len: int, dtype=jnp.float32) -> KVCache:
+    """An empty cache of ``max_len`` slots for ``batch_size`` rows."""
+    shape = (config.num_layers, batch_size, max_len, config.num_kv_heads, config.head_dim)
+    return KVCache(keys=jnp.zeros(shape, dtype), values=jnp.zeros(shape, dtype), end_index=jnp.zeros((), jnp.int32))
+
+
+# ---- rotary position embeddings --------------------------------------------------------------
+
+
+def rope_inv_freq(config: LLMConfig) -> np.ndarray:
+    """Inverse frequencies [H/2] (float32) with static scaling applied, as transformers computes them."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+    inv_freq = inv_freq.astype(np.float32)
+    params = config.rope_scaling_dict
+    if config.rope_type == "linear":
+        inv_freq = inv_freq / np.float32(params["factor"])
+    elif config.rope_type == "llama3":
+        factor = params["factor"]
+        low_freq_factor, high_freq_factor = params["low_freq_factor"], params["high_freq_factor"]
+        old_context_len = params["original_max_position_embeddings"]
+        low_freq_wavelen = old_context_len / low_freq_factor
+        high_freq_wavelen = old_context_len / high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+        inv_freq = np.where(is_medium, smoothed, scaled).astype(np.float32)
+    return inv_freq
+
+
+def _dynamic_inv_freq(config: LLMConfig, positions: Array) -> Array:
+    """NTK-aware "dynamic" scaling: the base grows once the longest position passes the trained length.
+
+    Transformers recomputes the frequencies from max(position) + 1 of the call; this does the same,
+    statelessly (so cached keys keep the frequencies they were written with).
+    """
+    dim = config.head_dim
+    factor = config.rope_scaling_dict["factor"]
+    seq_len = jnp.maximum(jnp.max(positions) + 1, config.max_position_embeddings).astype(jnp.float32)
+    base = config.rope_theta * ((factor * seq_len / config.max_position_embeddings) - (factor - 1)) ** (dim / (dim - 2))
+    exponents = jnp.arange(0, dim, 2, dtype=jnp.float32) / dim
+    return 1.0 / (base**exponents)
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """Rotates x [B, T, *, H] by positions [B, T] (the "rotate half" layout of transformers)."""
+    freqs = positions.astype(jnp.float32)[:, :, None] * inv_freq[None, None, :]  # [B, T, H/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, T, 1, H]
+    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return x * cos + rotated * sin
+
+
+# ---- modules ---------------------------------------------------------------------------------
+
+
+def _dense_init(names: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), names)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(self.dtype) * x32.astype(self.dtype)
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with rotary embeddings and an optional KV cache."""
+
+    config: LLMConfig
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, mask: Array, cache_index: Array | None, kv: tuple[Array, Array] | None):
+        cfg = self.config
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+        def proj(name, heads, head_axis):
+            return nn.DenseGeneral(
+                (heads, H), use_bias=cfg.attention_bias, dtype=dtype, param_dtype=pdtype, name=name,
+                kernel_init=_dense_init(("embed", head_axis, "head_dim")),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (head_axis, "head_dim")),
+            )(x)
+
+        q = proj("q_proj", N, "heads")  # [B, T, N, H]
+        k = proj("k_proj", K, "kv_heads")  # [B, T, K, H]
+        v = proj("v_proj", K, "kv_heads")  # [B, T, K, H]
+        q = nn.with_logical_constraint(q, ("act_batch", "act_len", "act_heads", "act_head_dim"))
+        k = nn.with_logical_constraint(k, ("act_batch", "act_len", "act_kv_heads", "act_head_dim"))
+
+        if cfg.rope_type == "dynamic":
+            inv_freq = _dynamic_inv_freq(cfg, positions)
+        else:
+            inv_freq = jnp.asarray(rope_inv_freq(cfg))
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+
+        if kv is not None:  # write this call's keys/values at [cache_index, cache_index + T)
+            cache_k, cache_v = kv
+            k_all = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
+            v_all = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
+            new_kv = (k_all, v_all)
+            k, v = k_all.astype(dtype), v_all.astype(dtype)  # [B, S, K, H]
+        else:
+            new_kv = None
+
+        scale = H**-0.5
+        if cfg.attention_impl == "dot_product_attention":
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, :, :], scale=scale)  # [B, T, N, H]
+        else:
+            B, T = q.shape[:2]
+            qg = q.reshape(B, T, K, N // K, H)  # [B, T, K, G, H]
+            logits = jnp.einsum("btkgh,bskh->bkgts", qg, k).astype(jnp.float32) * scale  # [B, K, G, T, S]
+            logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
+            probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+            out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(B, T, N, H)  # [B, T, N, H]
+
+        out = nn.DenseGeneral(
+            x.shape[-1], axis=(-2, -1), use_bias=False, dtype=dtype, param_dtype=pdtype, name="o_proj",
+            kernel_init=_dense_init(("heads", "head_dim", "embed")),
+        )(out)  # [B, T, D]
+        return out, new_kv
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    config: LLMConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        dense = lambda feats, names, name: nn.Dense(  # noqa: E731
+            feats, use_bias=False, dtype=dtype, param_dtype=pdtype, kernel_init=_dense_init(names), name=name)
+        gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x)  # [B, T, F]
+        up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x)  # [B, T, F]
+        h = nn.with_logical_constraint(nn.silu(gate) * up, ("act_batch", "act_len", "act_mlp"))
+        return dense(x.shape[-1], ("mlp", "embed"), "down_proj")(h)  # [B, T, D]
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm transformer block. Signature fits ``nn.scan``: (carry x, broadcast..., scanned kv)."""
+
+    config: LLMConfig
+
+    @nn.compact
+    def __call__(self, x, positions, mask, cache_index, kv):
+        cfg = self.config
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="input_norm")(x)
+        attn_out, new_kv = Attention(cfg, name="attn")(h, positions, mask, cache_index, kv)
+        x = x + attn_out
+        h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="post_attention_norm")(x)
+        x = x + MLP(cfg, name="mlp")(h)
+        x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
+        return x, new_kv
+
+
+class Decoder(nn.Module):
+    """Token ids -> next-token logits, with an optional explicit KV cache."""
+
+    config: LLMConfig
+
+    @nn.compact
+    def __call__(self, tokens: Array, positions: Array, attention_mask: Array | None = None, cache: KVCache | None = None):
+        """Runs the decoder.
+
+        Args:
+          tokens: [B, T] int32 ids.
+          positions: [B, T] int32 rotary positions.
+          attention_mask: [B, T, S] bool, True where query t may attend key s; S = T without a cache,
+            S = cache slots with one. None means causal over this call's tokens (and, with a cache,
+            every slot written before them).
+          cache: a `KVCache` or None; this call's keys/values go to slots [end_index, end_index + T).
+
+        Returns:
+          (logits [B, T, V] float32, the updated cache or None).
+        """
+        cfg = self.config
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        T = tokens.shape[1]
+        if attention_mask is None:
+            if cache is None:
+                attention_mask = jnp.tril(jnp.ones((T, T), bool))[None]  # [1, T, T]
+            else:
+                slots = jnp.arange(cache.max_len)
+                attention_mask = (slots[None, :] <= cache.end_index + jnp.arange(T)[:, None])[None]  # [1, T, S]
+        attention_mask = jnp.broadcast_to(attention_mask, (tokens.shape[0],) + attention_mask.shape[1:])
+
+        embed = nn.Embed(
+            cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=pdtype, name="embed",
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("vocab", "embed")),
+        )
+        x = embed(tokens)  # [B, T, D]
+        x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
+
+        layer_cls = DecoderLayer
+        policy = _REMAT_POLICIES[cfg.remat]
+        if cfg.remat != "none":
+            layer_cls = nn.remat(layer_cls, policy=policy, prevent_cse=not cfg.scan_layers)
+        cache_index = None if cache is None else cache.end_index
+        if cfg.scan_layers:
+            kv = None if cache is None else (cache.keys, cache.values)
+            stack = nn.scan(
+                layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg, name="layers")
+            x, new_kv = stack(x, positions, attention_mask, cache_index, kv)
+        else:
+            new_k, new_v = [], []
+            for i in range(cfg.num_layers):
+                kv = None if cache is None else (cache.keys[i], cache.values[i])
+                x, layer_kv = layer_cls(cfg, name=f"layers_{i}")(x, positions, attention_mask, cache_index, kv)
+                if layer_kv is not None:
+                    new_k.append(layer_kv[0])
+                    new_v.append(layer_kv[1])
+            new_kv = None if cache is None else (jnp.stack(new_k), jnp.stack(new_v))
+
+        x = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="final_norm")(x)
+        if cfg.tie_embeddings:
+            logits = embed.attend(x)  # [B, T, V]
+        else:
+            logits = nn.Dense(
+                cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=pdtype, name="lm_head",
+                kernel_init=_dense_init(("embed", "vocab")),
+            )(x)  # [B, T, V]
+        logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("act_batch", "act_len", "act_vocab"))
+        new_cache = None if cache is None else KVCache(keys=new_kv[0], values=new_kv[1], end_index=cache.end_index + T)
+        return logits, new_cache
+
+
+def init_params(config: LLMConfig, rng: Array) -> dict:
+    """Random parameters (plain arrays, logical-axis boxes removed)."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    variables = Decoder(config).init(rng, tokens, tokens)
+    return nn.unbox(variables["params"])
+
+
+def param_logical_axes(config: LLMConfig) -> Any:
+    """The logical axis names of every parameter (a tree of PartitionSpec), computed abstractly."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    abstract = jax.eval_shape(lambda r: Decoder(config).init(r, tokens, tokens), jax.random.key(0))
+    return nn.get_partition_spec(abstract["params"])
+
+
+def stack_layers(params: dict, num_layers: int) -> dict:
+    """Per-layer parameters ``layers_{i}`` -> one ``layers`` tree with a leading L axis (for scan_layers)."""
+    if "layers" in params:
+        return params
+    out = {k: v for k, v in params.items() if not k.startswith("layers_")}
+    out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[f"layers_{i}"] for i in range(num_layers)])
+    return out
+
+
+def unstack_layers(params: dict) -> dict:
+    """Inverse of `stack_layers`."""
+    if "layers" not in params:
+        return params
+    out = {k: v for k, v in params.items() if k != "layers"}
+    num_layers = jax.tree.leaves(params["layers"])[0].shape[0]
+    for i in range(num_layers):
+        out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
+    return out
