@@ -1,0 +1,679 @@
+"""Synthetic chest radiographs with known findings: the project's default, fully offline data.
+
+A study is drawn in three steps, each deterministic given its random stream:
+
+  sample_findings(rng, prevalence) -> Findings      what is wrong (and what the report negates)
+  render(findings, resolution, rng) -> uint8 [R, R] a frontal radiograph showing exactly that
+  synthetic_reports.compose_report / vqa.vqa_from_findings   the text side
+
+Images are rendered analytically on a normalised patient grid (x, y in [-1, 1], y down; the
+patient's right is on the image left, as on a real frontal film), so every resolution shows the
+same anatomy and findings. Tissue is accumulated as a radiographic density D (soft tissue ~1,
+aerated lung ~0.2, bone +0.3 to 0.5, metal > 2) and exposed as 1 - exp(-k D); pathologies act
+physically: fluid and consolidation replace lung air, a pneumothorax adds air without vessels.
+
+Shape legend: R image side in pixels; all fields are float [R, R] unless stated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+import numpy as np
+
+from mavilt_jax.data import labels as labels_lib
+
+SIDES = ("right", "left")
+
+
+# --------------------------------------------------------------------------------------------
+# The structured findings record.
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Cardiomegaly:
+    severity: str  # mild | moderate | severe
+    hedged: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Effusion:
+    side: str  # right | left | bilateral
+    size: str  # small | moderate | large
+    hedged: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Pneumothorax:
+    side: str  # right | left
+    size: str  # small | moderate | large
+    hedged: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Opacity:
+    kind: str  # opacity | consolidation
+    side: str  # right | left | bilateral
+    zone: str  # upper | middle | lower
+    hedged: bool = False
+    pneumonia: str = "none"  # none | uncertain | positive (the report's interpretation)
+
+
+@dataclasses.dataclass(frozen=True)
+class Nodule:
+    kind: str  # nodule (< 30 mm) | mass
+    size_mm: int
+    side: str  # right | left
+    zone: str  # upper | middle | lower
+    hedged: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Edema:
+    severity: str  # mild | moderate
+    hedged: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Atelectasis:
+    side: str  # right | left | bilateral
+    hedged: bool = False
+
+
+DEVICES = ("endotracheal tube", "central venous catheter", "nasogastric tube", "pacemaker")
+
+
+@dataclasses.dataclass(frozen=True)
+class Findings:
+    """Everything a synthetic study shows and states.
+
+    ``ctr`` is the cardiothoracic ratio the heart is rendered with (widest heart / widest inner
+    thorax). ``negated`` lists the CheXpert observations the report explicitly states as absent;
+    every other observation without a finding is not mentioned (label ABSENT).
+    """
+
+    view: str = "PA"
+    ctr: float = 0.45
+    cardiomegaly: Cardiomegaly | None = None
+    effusion: Effusion | None = None
+    pneumothorax: Pneumothorax | None = None
+    opacity: Opacity | None = None
+    nodule: Nodule | None = None
+    edema: Edema | None = None
+    atelectasis: Atelectasis | None = None
+    devices: tuple[str, ...] = ()
+    negated: tuple[str, ...] = ()
+
+    PATHOLOGIES = ("cardiomegaly", "effusion", "pneumothorax", "opacity", "nodule", "edema",
+                   "atelectasis")
+
+    @property
+    def is_normal(self) -> bool:
+        """No pathology present (support devices alone leave a study normal, as in CheXpert)."""
+        return all(getattr(self, name) is None for name in self.PATHOLOGIES)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prevalence:
+    """Probability of a normal study, and of each finding within an abnormal one."""
+
+    normal: float = 0.4
+    cardiomegaly: float = 0.3
+    effusion: float = 0.3
+    pneumothorax: float = 0.15
+    opacity: float = 0.35
+    nodule: float = 0.2
+    edema: float = 0.15
+    atelectasis: float = 0.2
+    devices: float = 0.25
+    hedge: float = 0.15  # chance that a subtle finding is reported with uncertainty
+    ap_view: float = 0.3
+
+
+def _hedge(rng: np.random.Generator, p: Prevalence, subtle: bool) -> bool:
+    return bool(subtle and rng.random() < p.hedge)
+
+
+def finding_states(f: Findings) -> dict[str, int]:
+    """Observation -> POSITIVE/UNCERTAIN for every observation the findings make present."""
+    pos, unc = labels_lib.POSITIVE, labels_lib.UNCERTAIN
+    state: dict[str, int] = {}
+
+    def put(name: str, hedged: bool) -> None:
+        state[name] = unc if hedged else pos
+
+    if f.cardiomegaly:
+        put("Cardiomegaly", f.cardiomegaly.hedged)
+    if f.effusion:
+        put("Pleural Effusion", f.effusion.hedged)
+    if f.pneumothorax:
+        put("Pneumothorax", f.pneumothorax.hedged)
+    if f.opacity:
+        put("Lung Opacity" if f.opacity.kind == "opacity" else "Consolidation", f.opacity.hedged)
+        if f.opacity.pneumonia != "none":
+            put("Pneumonia", f.opacity.pneumonia == "uncertain")
+    if f.nodule:
+        put("Lung Lesion", f.nodule.hedged)
+    if f.edema:
+        put("Edema", f.edema.hedged)
+    if f.atelectasis:
+        put("Atelectasis", f.atelectasis.hedged)
+    if f.devices:
+        put("Support Devices", False)
+    return state
+
+
+def findings_to_labels(f: Findings) -> np.ndarray:
+    """int8 [14] CheXpert labels: present findings, stated negatives, and No Finding.
+
+    No Finding is positive when no pathology is positive or uncertain (support devices do not
+    count), as the CheXpert labeler defines it; the report then states a normal impression.
+    """
+    out = np.full((labels_lib.NUM_OBSERVATIONS,), labels_lib.ABSENT, np.int8)
+    for name in f.negated:
+        out[labels_lib.INDEX[name]] = labels_lib.NEGATIVE
+    for name, value in finding_states(f).items():
+        out[labels_lib.INDEX[name]] = value
+    pathology = [i for i, n in enumerate(labels_lib.OBSERVATIONS) if n not in ("No Finding", "Support Devices")]
+    if not np.isin(out[pathology], (labels_lib.POSITIVE, labels_lib.UNCERTAIN)).any():
+        out[labels_lib.INDEX["No Finding"]] = labels_lib.POSITIVE
+    return out
+
+
+# Observations a report may state as absent, with the chance it does so when they are absent.
+NEGATABLE: dict[str, float] = {
+    "Pleural Effusion": 0.85,
+    "Pneumothorax": 0.8,
+    "Cardiomegaly": 0.75,
+    "Enlarged Cardiomediastinum": 0.45,
+    "Consolidation": 0.6,
+    "Lung Opacity": 0.3,
+    "Edema": 0.35,
+    "Lung Lesion": 0.15,
+    "Pneumonia": 0.15,
+    "Fracture": 0.2,
+}
+
+
+def _sample_negated(rng: np.random.Generator, f: Findings) -> tuple[str, ...]:
+    present = finding_states(f)
+    parenchymal = f.opacity is not None or f.edema is not None
+    blocked = set(present)
+    if parenchymal:  # "no focal opacity" next to an opacity would contradict the image
+        blocked |= {"Lung Opacity", "Consolidation", "Pneumonia"}
+    if f.nodule is not None:
+        blocked.add("Lung Opacity")
+    draws = rng.random(len(NEGATABLE))
+    return tuple(n for (n, p), u in zip(NEGATABLE.items(), draws) if n not in blocked and u < p)
+
+
+def sample_findings(rng: np.random.Generator, prevalence: Prevalence | Mapping[str, float] | None = None) -> Findings:
+    """Draws a findings record; about ``prevalence.normal`` of studies have no pathology."""
+    p = prevalence if isinstance(prevalence, Prevalence) else Prevalence(**(prevalence or {}))
+    view = "AP" if rng.random() < p.ap_view else "PA"
+    kw: dict[str, Any] = {}
+    if rng.random() >= p.normal:
+        names = list(Findings.PATHOLOGIES)
+        chosen = [n for n in names if rng.random() < getattr(p, n)]
+        if not chosen:
+            chosen = [names[rng.integers(len(names))]]
+        for n in chosen:
+            kw[n] = _SAMPLERS[n](rng, p)
+        if rng.random() < p.devices:
+            k = 1 + int(rng.random() < 0.35)
+            kw["devices"] = tuple(sorted(rng.choice(DEVICES, size=k, replace=False).tolist(), key=DEVICES.index))
+    if "cardiomegaly" in kw:
+        lo, hi = {"mild": (0.53, 0.58), "moderate": (0.58, 0.63), "severe": (0.63, 0.68)}[kw["cardiomegaly"].severity]
+        if kw["cardiomegaly"].hedged:
+            lo, hi = 0.51, 0.54
+        ctr = rng.uniform(lo, hi)
+    else:
+        ctr = rng.uniform(0.38, 0.48)
+    f = Findings(view=view, ctr=round(float(ctr), 3), **kw)
+    return dataclasses.replace(f, negated=_sample_negated(rng, f))
+
+
+def _pick(rng: np.random.Generator, options, probs=None) -> str:
+    return str(options[rng.choice(len(options), p=probs)])
+
+
+_SAMPLERS = {
+    "cardiomegaly": lambda r, p: Cardiomegaly(
+        sev := _pick(r, ("mild", "moderate", "severe"), (0.5, 0.35, 0.15)), _hedge(r, p, sev == "mild")),
+    "effusion": lambda r, p: Effusion(
+        _pick(r, ("right", "left", "bilateral"), (0.4, 0.3, 0.3)),
+        size := _pick(r, ("small", "moderate", "large"), (0.45, 0.35, 0.2)), _hedge(r, p, size == "small")),
+    "pneumothorax": lambda r, p: Pneumothorax(
+        _pick(r, SIDES), size := _pick(r, ("small", "moderate", "large"), (0.45, 0.35, 0.2)),
+        _hedge(r, p, size == "small")),
+    "opacity": lambda r, p: _sample_opacity(r, p),
+    "nodule": lambda r, p: _sample_nodule(r, p),
+    "edema": lambda r, p: Edema(sev := _pick(r, ("mild", "moderate"), (0.6, 0.4)), _hedge(r, p, sev == "mild")),
+    "atelectasis": lambda r, p: Atelectasis(_pick(r, ("right", "left", "bilateral"), (0.35, 0.35, 0.3)), _hedge(r, p, True)),
+}
+
+
+def _sample_opacity(rng: np.random.Generator, p: Prevalence) -> Opacity:
+    kind = _pick(rng, ("opacity", "consolidation"))
+    side = _pick(rng, ("right", "left", "bilateral"), (0.45, 0.4, 0.15))
+    zone = "lower" if side == "bilateral" else _pick(rng, ("upper", "middle", "lower"), (0.25, 0.3, 0.45))
+    hedged = _hedge(rng, p, True)
+    pneumonia = "none"
+    if kind == "consolidation":
+        pneumonia = _pick(rng, ("none", "uncertain", "positive"), (0.5, 0.3, 0.2))
+        if hedged and pneumonia == "positive":
+            pneumonia = "uncertain"
+    return Opacity(kind, side, zone, hedged, pneumonia)
+
+
+def _sample_nodule(rng: np.random.Generator, p: Prevalence) -> Nodule:
+    kind = _pick(rng, ("nodule", "mass"), (0.65, 0.35))
+    size = int(rng.integers(12, 29) if kind == "nodule" else rng.integers(32, 61))
+    zone = _pick(rng, ("upper", "middle", "lower"), (0.4, 0.35, 0.25))
+    return Nodule(kind, size, _pick(rng, SIDES), zone, _hedge(rng, p, kind == "nodule"))
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering.
+# --------------------------------------------------------------------------------------------
+# Inner thoracic half-width: lateral lung edge, |x| = _TC + _TA. The heart is sized against it.
+_TC, _TA = 0.36, 0.50
+THORAX_WIDTH = 2 * (_TC + _TA)
+_MM = 0.006  # patient units per millimetre (inner thorax ~ 290 mm)
+_FIELD = 64  # side of the periodic noise fields sampled in patient coordinates
+
+
+def _step(z: np.ndarray) -> np.ndarray:
+    """Smooth 0 -> 1 transition of unit width around z = 0 (soft, anti-aliased edges)."""
+    return 0.5 * (1.0 + np.tanh(2.0 * z))
+
+
+def _noise_field(rng: np.random.Generator, lo: float, hi: float, n: int = _FIELD) -> np.ndarray:
+    """Periodic [n, n] noise with spatial frequencies between lo and hi cycles, unit variance."""
+    spec = np.fft.rfft2(rng.standard_normal((n, n)))
+    f = np.hypot(np.fft.fftfreq(n)[:, None] * n, np.fft.rfftfreq(n)[None, :] * n)
+    field = np.fft.irfft2(spec * (np.exp(-((f / hi) ** 2)) - np.exp(-((f / lo) ** 2))), s=(n, n))
+    return field / (field.std() + 1e-8)
+
+
+def _sample(field: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Bilinear, wrapping lookup of a periodic field at (u, v) in cells (u along columns)."""
+    n = field.shape[0]
+    u0, v0 = np.floor(u), np.floor(v)
+    fu, fv = u - u0, v - v0
+    i0, j0 = v0.astype(np.int64) % n, u0.astype(np.int64) % n
+    i1, j1 = (i0 + 1) % n, (j0 + 1) % n
+    top = field[i0, j0] * (1 - fu) + field[i0, j1] * fu
+    bottom = field[i1, j0] * (1 - fu) + field[i1, j1] * fu
+    return top * (1 - fv) + bottom * fv
+
+
+def _segment_distance(x: np.ndarray, y: np.ndarray, points) -> np.ndarray:
+    """Distance from every pixel to a polyline given as [(x, y), ...]."""
+    d = np.full(x.shape, np.inf)
+    for (ax, ay), (bx, by) in zip(points[:-1], points[1:]):
+        ex, ey = bx - ax, by - ay
+        h = np.clip(((x - ax) * ex + (y - ay) * ey) / (ex * ex + ey * ey), 0.0, 1.0)
+        d = np.minimum(d, np.hypot(x - ax - h * ex, y - ay - h * ey))
+    return d
+
+
+@dataclasses.dataclass(frozen=True)
+class _Hemithorax:
+    """Geometry of one lung field in lateral coordinates t = s * x (s = -1 right, +1 left)."""
+
+    s: int
+    apex: float  # y of the lung apex
+    cpa: float  # y of the costophrenic angle
+    dome: float  # y of the top of the diaphragm dome
+    dome_t: float = 0.42  # t of the dome's top
+
+    def cage_sdf(self, t, y):
+        """Approximate signed distance to the inner chest wall (negative inside)."""
+        q = np.sqrt(((t - _TC) / _TA) ** 2 + ((y - self.cpa) / (self.cpa - self.apex)) ** 2)
+        return np.maximum((q - 1.0) * _TA, 0.09 - t)
+
+    def dome_y(self, t):
+        k = (self.cpa + 0.02 - self.dome) / (_TC + _TA - self.dome_t) ** 2
+        return self.dome + k * (t - self.dome_t) ** 2
+
+    def lung_sdf(self, t, y):
+        return np.maximum(self.cage_sdf(t, y), (y - self.dome_y(t)) * 0.6)
+
+
+def _hemithoraces(f: Findings) -> dict[str, _Hemithorax]:
+    lift = 0.07 if f.view == "AP" else 0.0  # supine AP films: lower lung volumes
+    out = {}
+    for side, s, cpa, dome in (("right", -1, 0.44, 0.22), ("left", 1, 0.50, 0.29)):
+        if f.atelectasis and f.atelectasis.side in (side, "bilateral"):
+            dome -= 0.04  # volume loss lifts the hemidiaphragm
+        out[side] = _Hemithorax(s, apex=-0.72 + lift * 0.3, cpa=cpa - lift, dome=dome - lift)
+    return out
+
+
+def _sides(side: str) -> tuple[str, ...]:
+    return SIDES if side == "bilateral" else (side,)
+
+
+def render_with_masks(findings: Findings, resolution: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``render`` plus float [R, R] masks of anatomy and findings (used by tests and overlays)."""
+    f, R = findings, int(resolution)
+    # Every random number is drawn up front in a fixed order, so removing one finding from a
+    # study changes nothing else in its picture.
+    theta = np.deg2rad(rng.uniform(-3.0, 3.0))
+    dx, dy = rng.uniform(-0.04, 0.04, size=2)
+    scale = rng.uniform(0.9, 1.0)
+    exposure, gamma = rng.uniform(1.8, 2.3), rng.uniform(0.9, 1.15)
+    vessel_field, reticular_field, patch_field = (_noise_field(rng, lo, hi) for lo, hi in ((3, 8), (6, 14), (2, 6)))
+    finding_seeds = rng.integers(0, 2**31, size=8)
+    quantum = rng.standard_normal((R, R))
+    mottle = _noise_field(rng, 4, 12)
+
+    c = (np.arange(R) + 0.5) / R * 2.0 - 1.0
+    U, V = np.meshgrid(c, c)
+    X = (np.cos(theta) * (U - dx) + np.sin(theta) * (V - dy)) / scale
+    Y = (-np.sin(theta) * (U - dx) + np.cos(theta) * (V - dy)) / scale
+    e = 1.5 / R / scale  # edge softness: about one pixel
+    ap = f.view == "AP"
+
+    # Body: neck and sloping shoulders at the top, soft tissue thickest in the middle.
+    neck = _step((0.2 - np.abs(X)) / (2 * e))
+    top = neck * -1.2 + (1 - neck) * (-0.9 + 0.16 * ((np.abs(X) - 0.2) / 0.8) ** 2)
+    body = _step((Y - top) / e) * _step((1.0 - np.abs(X)) / e)
+    D = 1.05 * body * np.clip(1.0 - (X / 1.15) ** 2, 0.05, 1.0) ** 0.3
+    arm_gap = np.exp(-(((np.abs(X) - 0.985) / 0.015) ** 2)) * _step((Y + 0.6) / 0.05)
+    D -= 0.25 * arm_gap * body
+
+    masks: dict[str, np.ndarray] = {}
+    thorax = _hemithoraces(f)
+    air = np.zeros_like(X)  # aerated lung depth before pathology
+    vessels = np.zeros_like(X)
+    replace = np.zeros_like(X)  # fraction of lung air replaced by fluid or tissue (0..1)
+    ptx = np.zeros_like(X)
+    hila = {}
+    for side, h in thorax.items():
+        t = h.s * X
+        lung = _step(-h.lung_sdf(t, Y) / e)
+        masks[f"lung_{side}"] = lung
+        air += lung * np.clip(0.6 - h.lung_sdf(t, Y) * 3.0, 0.6, 0.85)
+        hx, hy = h.s * 0.2, -0.06 if side == "left" else -0.02
+        hila[side] = (hx, hy)
+        rho = np.hypot(X - hx, Y - hy)
+        ang = np.arctan2(Y - hy, X - hx)
+        radial = _sample(vessel_field, ang / np.pi * _FIELD * 1.5, np.log(rho + 0.06) * 14.0)
+        fine = _sample(reticular_field, X * 48, Y * 48)
+        vessels += lung * ((np.exp(-((radial / 0.3) ** 2)) * (0.15 + 0.85 * np.exp(-rho / 0.3)))
+                           + 0.25 * np.exp(-((fine / 0.25) ** 2)) * np.exp(-rho / 0.5))
+        D += 0.3 * np.exp(-(rho / 0.07) ** 2)  # hilar vessels
+
+    # Mediastinum and heart (Wh = ctr * inner thoracic width; 36 % right of midline).
+    Wh = f.ctr * THORAX_WIDTH
+    hxc, hyc = 0.14 * Wh, 0.07 if ap else 0.12
+    ha, hb = Wh / 2, 0.25 + 0.35 * (f.ctr - 0.45)
+    q = np.sqrt(((X - hxc) / ha) ** 2 + ((Y - hyc) / hb) ** 2)
+    heart = _step((1.0 - q) * ha / e)
+    masks["heart"] = heart
+    upper = _step((0.1 - np.abs(X - 0.01)) / e) * _step((0.0 - Y) / 0.05)
+    knob = _step((0.075 - np.hypot(X - 0.12, Y + 0.33)) / e)
+    mediastinum = np.maximum(np.maximum(heart, upper), knob)
+    D += 0.35 * heart * np.sqrt(np.clip(1 - q**2, 0, 1)) + 0.15 * mediastinum
+    air *= 1.0 - mediastinum
+
+    # Findings that change the air content of the lungs.
+    frng = [np.random.default_rng(int(x)) for x in finding_seeds]
+    if f.effusion:
+        level = {"small": 0.13, "moderate": 0.32, "large": 0.55}[f.effusion.size]
+        total = np.zeros_like(X)
+        for side in _sides(f.effusion.side):
+            h = thorax[side]
+            t = h.s * X
+            surface = h.cpa - level * (h.cpa - h.apex) - 0.12 * (0.5 + level) * np.clip((t - 0.1) / 0.76, 0, 1) ** 2
+            fluid = _step((Y - surface) / 0.02) * _step(-h.cage_sdf(t, Y) / e)
+            masks[f"effusion_{side}"] = fluid
+            total = np.maximum(total, fluid * (0.8 + 0.2 * np.clip((Y - surface) / 0.2, 0, 1)))
+        replace = np.maximum(replace, total * (0.7 if f.effusion.hedged else 1.0))
+        D += 0.12 * total
+    if f.pneumothorax:
+        side = f.pneumothorax.side
+        h = thorax[side]
+        t = h.s * X
+        gap = {"small": 0.07, "moderate": 0.15, "large": 0.3}[f.pneumothorax.size]
+        k = 1.0 - gap
+        at, ay = 0.16, h.dome  # the lung collapses toward its medial base
+        shrunk_sdf = k * h.lung_sdf(at + (t - at) / k, ay + (Y - ay) / k)
+        shrunk = _step(-shrunk_sdf / e)
+        ptx = masks[f"lung_{side}"] * (1 - shrunk)
+        masks["pneumothorax"] = ptx
+        D += 0.1 * np.exp(-((shrunk_sdf / (0.6 * e + 0.004)) ** 2)) * masks[f"lung_{side}"]  # pleural line
+        replace = np.maximum(replace, 0.25 * gap / 0.3 * shrunk * (h.s * X > 0))
+    if f.opacity:
+        r = frng[0]
+        total = np.zeros_like(X)
+        patch = 0.6 + 0.4 * _sample(patch_field, X * 10, Y * 10)
+        for side in _sides(f.opacity.side):
+            h = thorax[side]
+            tc = r.uniform(0.4, 0.62)
+            yc = {"upper": r.uniform(-0.52, -0.36), "middle": r.uniform(-0.24, -0.06), "lower": h.dome - r.uniform(0.1, 0.18)}[f.opacity.zone]
+            sx, sy = r.uniform(0.12, 0.18), r.uniform(0.09, 0.13)
+            total = np.maximum(total, np.exp(-(((h.s * X - tc) / sx) ** 2 + ((Y - yc) / sy) ** 2)))
+        amp = (0.95 if f.opacity.kind == "consolidation" else 0.6) * (0.65 if f.opacity.hedged else 1.0)
+        op = np.clip(total * patch * amp * 1.4, 0, amp)
+        if f.opacity.kind == "consolidation":  # air bronchograms
+            op *= 1.0 - 0.4 * np.exp(-((_sample(reticular_field, X * 20 + 7, Y * 20) / 0.2) ** 2)) * (total > 0.5)
+        masks["opacity"] = op
+        replace = np.maximum(replace, op)
+    if f.nodule:
+        r = frng[1]
+        h = thorax[f.nodule.side]
+        tc = r.uniform(0.38, 0.62)
+        yc = {"upper": r.uniform(-0.5, -0.32), "middle": r.uniform(-0.24, -0.06), "lower": h.dome - r.uniform(0.14, 0.2)}[f.nodule.zone]
+        rad = f.nodule.size_mm / 2 * _MM
+        rho, ang = np.hypot(h.s * X - tc, Y - yc), np.arctan2(Y - yc, h.s * X - tc)
+        if f.nodule.kind == "mass":
+            rad = rad * (1 + 0.1 * np.sin(3 * ang + r.uniform(0, 6.3)) + 0.05 * np.sin(5 * ang))
+        nod = _step((rad - rho) / e) * (0.55 if f.nodule.hedged else 1.0)
+        masks["nodule"] = nod
+        replace = np.maximum(replace, 0.9 * nod)
+        D += 0.15 * nod * np.sqrt(np.clip(1 - (rho / rad) ** 2, 0, 1))
+    if f.edema:
+        amp = {"mild": 0.35, "moderate": 0.55}[f.edema.severity] * (0.7 if f.edema.hedged else 1.0)
+        w = sum(np.exp(-((np.hypot(X - hx, Y - hy) / 0.45) ** 2)) for hx, hy in hila.values())
+        reticular = np.exp(-((_sample(reticular_field, X * 30 + 3, Y * 30) / 0.35) ** 2))
+        ed = np.clip(amp * w * (0.75 + 0.25 * reticular), 0, 1)
+        masks["edema"] = ed
+        replace = np.maximum(replace, ed)
+        vessels *= 1.0 - 0.6 * w / w.max()  # indistinct vessels
+    if f.atelectasis:
+        r = frng[2]
+        total = np.zeros_like(X)
+        for side in _sides(f.atelectasis.side):
+            h = thorax[side]
+            t = h.s * X
+            for _ in range(1 + int(r.random() < 0.5)):
+                y0, slope = h.dome - r.uniform(0.08, 0.2), r.uniform(-0.12, 0.12)
+                band = np.exp(-(((Y - y0 - slope * (t - 0.5)) / 0.014) ** 2))
+                total = np.maximum(total, band * _step((t - 0.3) / 0.05) * _step((0.8 - t) / 0.05))
+        at = total * (0.6 if f.atelectasis.hedged else 0.95)
+        masks["atelectasis"] = at
+        replace = np.maximum(replace, at)
+
+    air_left = air * (1.0 - np.clip(replace, 0, 1))
+    D -= 0.8 * air_left
+    D += 0.22 * vessels * (1.0 - ptx) * (1.0 - 0.7 * replace) * (1.0 - mediastinum)
+    D -= 0.1 * ptx
+    D = _bones_and_airway(D, X, Y, e, ap, thorax)
+    D = _devices(D, X, Y, e, f.devices, masks)
+
+    # Exposure, detector response and noise.
+    gas = _step(-np.hypot((X - 0.45) / 0.12, (Y - thorax["left"].dome - 0.12) / 0.07) + 1.0)
+    D -= 0.35 * gas * body
+    P = 1.0 - np.exp(-exposure * np.maximum(D, 0.0))
+    P = np.clip(P, 0, 1) ** gamma
+    P += (0.012 + 0.006 * ap) * quantum + 0.012 * _sample(mottle, U * 8, V * 8)
+    image = np.clip(P * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return image, masks
+
+
+def _bones_and_airway(D, X, Y, e, ap: bool, thorax: dict[str, _Hemithorax]):
+    """Spine, trachea, clavicles, ribs and (on AP films) the scapulae over the lungs."""
+    vert = 0.75 + 0.25 * np.cos(2 * np.pi * (Y + 1) / 0.09) ** 8
+    D = D + 0.28 * _step((0.07 - np.abs(X)) / e) * vert
+    D += 0.08 * sum(_step((0.02 - np.hypot(X - sx, (Y % 0.09) - 0.045)) / e) for sx in (-0.055, 0.055))
+    trachea = _step((0.032 - np.abs(X)) / e) * _step((-0.2 - Y) / e)
+    bronchi = sum(_step((0.02 - _segment_distance(X, Y, [(0.0, -0.2), (s * 0.17, -0.05)])) / e) for s in (-1, 1))
+    D -= 0.25 * np.clip(trachea + bronchi, 0, 1)
+    lift = -0.07 if ap else 0.0
+    for s in (-1, 1):
+        h = thorax["right" if s < 0 else "left"]
+        t = s * X
+        pts = [(s * 0.07, -0.64 + lift), (s * 0.35, -0.7 + lift), (s * 0.7, (-0.74 if ap else -0.82) + lift)]
+        dist = _segment_distance(X, Y, pts)
+        D += 0.4 * _step((0.03 - dist) / e) * (0.7 + 0.3 * _step((dist - 0.018) / e))
+        cage = _step((0.05 - h.cage_sdf(t, Y)) / (4 * e)) * _step((t - 0.04) / 0.03)
+        phi = (Y - 0.42 * (t - 0.2) ** 2 + 0.82) / 0.112  # posterior ribs arch down laterally
+        frac = np.abs(phi - np.floor(phi) - 0.17)
+        rib = _step((0.16 - frac) * 0.112 / e) * (0.65 + 0.35 * _step((frac - 0.1) * 0.112 / e))
+        D += 0.3 * rib * cage * _step(phi / 0.3) * _step((10.5 - phi) / 0.3)
+        phia = (Y - 0.38 * (0.9 - t) + 0.95) / 0.16  # anterior ribs slope down medially
+        fa = np.abs(phia - np.floor(phia) - 0.15)
+        D += 0.1 * _step((0.13 - fa) * 0.16 / e) * cage * _step((t - 0.2) / 0.05) * _step(phia) * _step(6 - phia)
+        sc_t = 0.8 if ap else 0.98
+        scap = _step((1.0 - np.hypot((t - sc_t) / 0.15, (Y + 0.42) / 0.36)) * 0.15 / e)
+        D += 0.16 * scap
+    return D
+
+
+_DEVICE_PATHS = {
+    "endotracheal tube": [(0.0, -1.1), (0.0, -0.36)],
+    "central venous catheter": [(-0.32, -1.1), (-0.2, -0.74), (-0.08, -0.46), (-0.05, -0.12)],
+    "nasogastric tube": [(0.03, -1.1), (0.03, -0.3), (0.08, 0.3), (0.35, 0.56), (0.48, 0.52)],
+    "pacemaker": [(0.5, -0.6), (0.2, -0.45), (-0.03, -0.22), (-0.02, 0.12), (0.12, 0.28)],
+}
+
+
+def _devices(D, X, Y, e, devices: tuple[str, ...], masks: dict[str, np.ndarray]):
+    """Radiopaque tubes, catheters and a pacemaker with its lead."""
+    total = np.zeros_like(X)
+    for name in devices:
+        dist = _segment_distance(X, Y, _DEVICE_PATHS[name])
+        if name == "endotracheal tube":  # two walls and a radiopaque stripe
+            line = 0.5 * _step((0.006 - np.abs(dist - 0.022)) / e) + _step((0.006 - np.abs(X - 0.008)) / e) * _step((0.024 - dist) / e)
+        elif name == "pacemaker":
+            box = _step((0.08 - np.abs(X - 0.56)) / e) * _step((0.055 - np.abs(Y + 0.64)) / e)
+            line = np.maximum(box * 1.5, _step((0.006 - dist) / e))
+        else:
+            line = _step(((0.007 if name == "central venous catheter" else 0.01) - dist) / e)
+        total = np.maximum(total, line)
+    masks["devices"] = total
+    return D + 1.5 * total
+
+
+def render(findings: Findings, resolution: int, rng: np.random.Generator) -> np.ndarray:
+    """A frontal radiograph of ``findings``: uint8 [R, R], R = ``resolution``."""
+    return render_with_masks(findings, resolution, rng)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# A whole study.
+# --------------------------------------------------------------------------------------------
+def study_id(seed: int, index: int) -> str:
+    return f"syn{seed:04d}-{index:07d}"
+
+
+def generate_study(seed: int, index: int, resolution: int = 128, prevalence: Prevalence | Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The study ``index`` of the synthetic world ``seed``: image, report, labels and VQA.
+
+    Findings, report and VQA depend on (seed, index) only, so the same study at two resolutions
+    shows and says the same thing.
+    """
+    from mavilt_jax.data import synthetic_reports, vqa  # text side imports this module's types
+
+    if resolution < 32:
+        raise ValueError(f"resolution must be >= 32, got {resolution}")
+    streams = np.random.SeedSequence([int(seed), int(index)]).spawn(4)
+    findings_rng, render_rng, report_rng, vqa_rng = (np.random.default_rng(s) for s in streams)
+    findings = sample_findings(findings_rng, prevalence)
+    report = synthetic_reports.compose_report(findings, report_rng)
+    return {
+        "image": render(findings, resolution, render_rng),
+        "findings": report.findings,
+        "impression": report.impression,
+        "labels": findings_to_labels(findings),
+        "attributes": findings.to_json(),
+        "view": findings.view,
+        "vqa": vqa.vqa_from_findings(findings, vqa_rng),
+        "study_id": study_id(seed, index),
+    }
+
+
+def findings_from_json(text: str) -> Findings:
+    """Inverse of ``Findings.to_json``."""
+    d = json.loads(text)
+    kinds = {"cardiomegaly": Cardiomegaly, "effusion": Effusion, "pneumothorax": Pneumothorax,
+             "opacity": Opacity, "nodule": Nodule, "edema": Edema, "atelectasis": Atelectasis}
+    for name, cls in kinds.items():
+        if d.get(name) is not None:
+            d[name] = cls(**d[name])
+    d["devices"] = tuple(d.get("devices", ()))
+    d["negated"] = tuple(d.get("negated", ()))
+    return Findings(**d)
+
+
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: a contact sheet of studies with their reports.
+# --------------------------------------------------------------------------------------------
+def write_contact_sheet(out_dir: str, n: int, resolution: int, seed: int) -> tuple[str, str]:
+    """Writes ``grid.png`` (n radiographs) and ``reports.md`` (their text and labels)."""
+    import pathlib
+
+    from PIL import Image
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    studies = [generate_study(seed, i, resolution) for i in range(n)]
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    grid = np.zeros((rows * resolution, cols * resolution), np.uint8)
+    lines = [f"# Synthetic studies (seed {seed}, {resolution} px)\n",
+             "Grid order: row by row, left to right.\n"]
+    for i, st in enumerate(studies):
+        r, c = divmod(i, cols)
+        grid[r * resolution:(r + 1) * resolution, c * resolution:(c + 1) * resolution] = st["image"]
+        states = [f"{name}={labels_lib.STATES[int(v)]}" for name, v in zip(labels_lib.OBSERVATIONS, st["labels"])
+                  if v != labels_lib.ABSENT]
+        lines += [f"## {i}: {st['study_id']} ({st['view']})\n", f"FINDINGS: {st['findings']}\n",
+                  f"IMPRESSION: {st['impression']}\n", f"Labels: {', '.join(states)}\n",
+                  "VQA: " + " | ".join(f"{q['question']} -> {q['answer']}" for q in st["vqa"]) + "\n"]
+    grid_path, text_path = out / "grid.png", out / "reports.md"
+    Image.fromarray(grid).save(grid_path)
+    text_path.write_text("\n".join(lines))
+    return str(grid_path), str(text_path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a grid of synthetic chest radiographs and their reports.")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--n", type=int, default=16, help="number of studies (1..400)")
+    parser.add_argument("--resolution", type=int, default=128, help="image side in pixels (32..1024)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic world (>= 0)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.n <= 400:
+        parser.error(f"--n must be in 1..400, got {args.n}")
+    if not 32 <= args.resolution <= 1024:
+        parser.error(f"--resolution must be in 32..1024, got {args.resolution}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    grid, text = write_contact_sheet(args.out, args.n, args.resolution, args.seed)
+    print(f"wrote {grid} and {text}")
+
+
+if __name__ == "__main__":
+    main()
