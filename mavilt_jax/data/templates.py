@@ -1,0 +1,152 @@
+"""Task-adaptive instruction templates for stage 2 (Eq. 8-10).
+
+Each task has several paraphrased instructions so that the model learns the task and not one
+wording: training samples one per example (``split="train"``), evaluation uses a fixed, disjoint
+held-out set (``split="eval"``) so that a score also measures robustness to unseen phrasings.
+
+Tasks (Eq. 8: report generation, Eq. 9: report -> image, Eq. 10: VQA):
+  "report"           the full report (findings and impression) of the image
+  "findings"         the FINDINGS section only
+  "impression"       the IMPRESSION section only
+  "report_to_image"  a radiograph for a report; the text holds ``{report}``
+  "vqa"              an answer to ``{question}``, worded per question type (``VQA_TYPES``, the
+                     ``question_type`` of `mavilt_jax.data.vqa`); an unknown type uses the
+                     generic wording.
+
+The image of the image-conditioned tasks is placed by `mavilt_jax.data.sequences` before the
+instruction, so the templates hold only words.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+TASKS: tuple[str, ...] = ("report", "findings", "impression", "report_to_image", "vqa")
+VQA_TYPES: tuple[str, ...] = ("presence", "normality", "laterality", "severity", "location", "abnormality")
+_GENERIC = "generic"
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """One instruction wording. ``text`` may hold ``{report}`` or ``{question}``."""
+
+    task: str
+    text: str
+
+    def render(self, **fields: str) -> str:
+        return self.text.format(**fields)
+
+
+# (train wordings, held-out eval wordings) per task.
+_REPORT = (
+    (
+        "Write the radiology report for this chest X-ray.",
+        "Describe the findings and give an impression for this chest radiograph.",
+        "Generate a full report (findings and impression) for the image.",
+        "You are a radiologist. Report on this chest film.",
+        "Provide a complete radiology report for this frontal chest radiograph.",
+        "What does this chest X-ray show? Answer as a radiology report.",
+    ),
+    (
+        "Please dictate the report for this chest radiograph.",
+        "Produce the radiologist's report of this chest image.",
+    ),
+)
+_FINDINGS = (
+    (
+        "Describe the findings of this chest X-ray.",
+        "Write the FINDINGS section for this radiograph.",
+        "List the radiographic findings in this chest image.",
+        "What are the findings on this chest film?",
+        "Report only the findings of this chest radiograph.",
+    ),
+    (
+        "Give the findings section of the report for this image.",
+        "Detail what is seen on this chest radiograph.",
+    ),
+)
+_IMPRESSION = (
+    (
+        "Give the impression for this chest X-ray.",
+        "Write the IMPRESSION section for this radiograph.",
+        "Summarise this chest radiograph in a short impression.",
+        "What is your overall impression of this chest film?",
+        "State the conclusion of the report for this image.",
+    ),
+    (
+        "Provide a one-line impression of this chest radiograph.",
+        "What is the diagnostic impression of this study?",
+    ),
+)
+_REPORT_TO_IMAGE = (
+    (
+        "Generate a chest X-ray that matches this report: {report}",
+        "Create a chest radiograph consistent with the following findings. {report}",
+        "Report: {report} Produce the corresponding chest X-ray.",
+        "Synthesise a frontal chest radiograph for this report: {report}",
+        "Draw the chest X-ray described here: {report}",
+    ),
+    (
+        "Render a chest radiograph showing the following: {report}",
+        "Here is a radiology report: {report} Generate the image it describes.",
+    ),
+)
+_VQA = {
+    "presence": (
+        ("{question} Answer yes or no.", "Answer with yes or no. {question}", "Look at the chest X-ray. {question}",
+         "{question} Reply yes or no."),
+        ("Based on the radiograph, answer yes or no: {question}",),
+    ),
+    "normality": (
+        ("{question} Answer yes or no.", "Answer with yes or no. {question}", "Review the chest film. {question}"),
+        ("Based on this image, answer yes or no: {question}",),
+    ),
+    "laterality": (
+        ("{question} Answer left, right or bilateral.", "Which side? {question}", "{question} Give the side."),
+        ("Looking at the radiograph, which side is affected? {question}",),
+    ),
+    "severity": (
+        ("{question} Answer with the size or severity.", "Grade the finding. {question}", "{question} Be brief."),
+        ("Assess the extent on this chest X-ray. {question}",),
+    ),
+    "location": (
+        ("{question} Name the location.", "Where is it? {question}", "{question} Answer with the lung zone."),
+        ("Using the chest radiograph, localise the finding. {question}",),
+    ),
+    "abnormality": (
+        ("{question} List the abnormalities, or answer none.", "{question}", "Read the chest X-ray. {question}"),
+        ("Name every abnormality you see, or say none. {question}",),
+    ),
+    _GENERIC: (
+        ("{question}", "Answer the question about this chest X-ray. {question}", "Question: {question}"),
+        ("Answer briefly about the radiograph. {question}",),
+    ),
+}
+_TEXT = {"report": _REPORT, "findings": _FINDINGS, "impression": _IMPRESSION, "report_to_image": _REPORT_TO_IMAGE}
+
+
+def templates(task: str, split: str = "train", question_type: str | None = None) -> tuple[Template, ...]:
+    """The instruction wordings of ``task`` for ``split`` ("train" or "eval")."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split={split!r}; expected 'train' or 'eval'")
+    index = 0 if split == "train" else 1
+    if task == "vqa":
+        wordings = _VQA.get(question_type or _GENERIC, _VQA[_GENERIC])[index]
+    elif task in _TEXT:
+        wordings = _TEXT[task][index]
+    else:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    return tuple(Template(task, text) for text in wordings)
+
+
+def sample_template(task: str, rng: np.random.Generator, split: str = "train", question_type: str | None = None) -> Template:
+    """One wording drawn uniformly with ``rng`` (training draws a new one per example)."""
+    choices = templates(task, split, question_type)
+    return choices[int(rng.integers(len(choices)))]
+
+
+def default_template(task: str, question_type: str | None = None) -> Template:
+    """The deterministic wording for inference and evaluation: the first held-out one."""
+    return templates(task, "eval", question_type)[0]
