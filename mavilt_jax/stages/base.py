@@ -9,6 +9,7 @@ and the one train step.
 
 Contract (all functions are pure and traceable unless stated otherwise):
 
+- ``data_source(split)`` (optional): a stage-made random-access source instead of ``config.data``.
 - ``preprocess(example, rng)``: numpy in, numpy out, runs in grain workers; fixed shapes so that
   batches stack. ``rng`` is a ``np.random.Generator`` seeded per (seed, record index), so the data
   order and augmentation are reproducible and resumable.
@@ -69,6 +70,12 @@ class Stage(abc.ABC):
     @abc.abstractmethod
     def preprocess(self, example: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One TFDS example -> one training example of fixed shapes."""
+
+    def data_source(self, split: str) -> Any | None:
+        """A random-access source (``len`` and ``[i]``) of ``split`` ("train" / "validation") made
+        by the stage itself (e.g. a text corpus); ``None`` (default): the loop reads ``config.data``
+        with `mavilt_jax.data.pipeline.load_source`."""
+        return None
 
     def eval_preprocess(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Deterministic preprocessing for validation; by default the train one with a fixed rng."""

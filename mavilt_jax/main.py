@@ -1,0 +1,71 @@
+"""Runs one training stage: ``python -m mavilt_jax.main --config=configs/stage1.py:runlocal --workdir=DIR``.
+
+Overrides: ``--config.total_steps=100 --config.optimizer.learning_rate=1e-4``.
+Several processes (multi-host TPU / GPU / CPU): ``jax.distributed.initialize`` is called when
+``--coordinator_address`` / ``--num_processes`` / ``--process_id`` are given, or on a Cloud TPU
+pod / SLURM job (``--distributed=auto``), where JAX finds them itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file (path[:variant]).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                                 "auto: initialise jax.distributed on TPU pods, SLURM jobs, or when an address is given.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _want_distributed() -> bool:
+    if _DISTRIBUTED.value != "auto":
+        return _DISTRIBUTED.value == "on"
+    if _COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    in_slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    on_tpu_pod = bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","))
+    return in_slurm or on_tpu_pod
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _want_distributed():
+        # CPU devices exchange collectives over gloo (no effect on TPU/GPU devices).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    logging.info("Process %d of %d.", jax.process_index(), jax.process_count())
+
+    from mavilt_jax import train  # after distributed initialisation: it creates devices lazily
+
+    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    logging.info("Finished at step %d: %s", result["step"], result["train"])
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """Parses flags and loads the config file; a bad argument ends with one line, not a traceback."""
+    try:
+        remaining = flags.FLAGS(argv)
+        _CONFIG.value.keys()  # loads the config file now, so its errors are argument errors
+    except (flags.Error, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+        # Config-file errors arrive with the file's traceback as text: keep its last line.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        message = lines[-1] if lines else type(e).__name__
+        sys.exit(f"error: {message}\nPass --helpshort to see the flags.")
+    return remaining
+
+
+def run() -> None:
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,228 @@
+"""The training loop shared by every stage: `train_and_evaluate(config, workdir)`.
+
+One function, read top to bottom: setup and metric writers, stage, mesh, input pipeline, train
+state (created abstractly and sharded), checkpoint restore / initialisation, the jitted update
+step, evaluation, and the loop with NaN checks, periodic samples, checkpoints and preemption.
+What differs between stages lives in the `Stage` (`mavilt_jax/stages/base.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+from etils import epath
+from jax.sharding import NamedSharding, PartitionSpec
+
+from mavilt_jax import checkpointing, sharding
+from mavilt_jax.stages import get_stage_class
+from mavilt_jax.stages.base import Stage, TrainState
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A measurement of the train step became NaN or Inf; the run stops without saving."""
+
+
+def check_finite(measurements: dict[str, Any], step: int) -> None:
+    """Raises `NonFiniteLossError` naming the step and every non-finite term (loss terms first)."""
+    bad = [k for k, v in measurements.items() if not np.all(np.isfinite(v))]
+    if bad:
+        bad.sort(key=lambda k: "loss" not in k)
+        values = ", ".join(f"{k}={np.asarray(measurements[k]).item()}" for k in bad)
+        raise NonFiniteLossError(f"non-finite measurement at step {step}: {values} (first: {bad[0]!r})")
+
+
+class _PreemptionNotice:
+    """Turns SIGTERM into a flag the loop polls, so it can save before the process ends."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        logging.warning("SIGTERM received: saving a checkpoint at the current step, then stopping.")
+        self.received = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _data_source(stage: Stage, config: ml_collections.ConfigDict, split: str):
+    source = stage.data_source(split)
+    if source is not None:
+        return source
+    from mavilt_jax.data import pipeline  # Imported here: the TFDS builders are only needed now.
+
+    return pipeline.load_source(config.data.name, split, data_dir=config.data.get("data_dir"),
+                                builder_config=config.data.get("builder_config"))
+
+
+def _mean(rows: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) one stage in ``workdir``; returns what it measured.
+
+    Returns a dict: ``step`` (last step), ``preempted`` (stopped by SIGTERM / preemption),
+    ``history`` (measurements of every step run in this call, in order), ``train`` (means over
+    the last logging window), ``eval`` (last validation measurements).
+    """
+    # ==== Setup ==================================================================================
+    if config.get("disable_most_optimizations"):
+        jax.config.update("jax_disable_most_optimizations", True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    if jax.process_index() == 0:
+        (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+    logging.info("Devices: %d local, %d global, %d processes.", jax.local_device_count(),
+                 jax.device_count(), jax.process_count())
+
+    # ==== Stage ==================================================================================
+    stage = get_stage_class(config.stage)(config)
+
+    # ==== Mesh ===================================================================================
+    mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
+    rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in config.logical_axis_rules)
+    logging.info("Mesh: %s", dict(mesh.shape))
+    if config.batch_size % jax.process_count() or config.batch_size % sharding.data_parallel_size(mesh):
+        raise ValueError(f"batch_size {config.batch_size} must divide by the process count "
+                         f"{jax.process_count()} and the data-parallel size {sharding.data_parallel_size(mesh)}")
+    local_batch_size = config.batch_size // jax.process_count()
+
+    # ==== Input pipeline =========================================================================
+    from mavilt_jax.data import pipeline
+
+    train_source = _data_source(stage, config, config.data.get("train_split", "train"))
+    train_iter = iter(pipeline.make_train_dataset(
+        train_source, stage.preprocess, batch_size=local_batch_size, seed=config.seed,
+        shard_index=jax.process_index(), shard_count=jax.process_count(),
+        worker_count=config.data.get("worker_count", 0)))
+
+    # ==== Train state: abstract -> shardings -> jit(init, out_shardings) ========================
+    rng = jax.random.key(config.seed)
+    init_rng, train_rng = jax.random.split(rng)
+    with nn.logical_axis_rules(rules):
+        boxed_state = jax.eval_shape(stage.init_state, init_rng)
+    state_shardings = sharding.logical_shardings(boxed_state, mesh, rules)
+    abstract_state = checkpointing.abstract_with_shardings(nn.unbox(boxed_state), state_shardings)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    # ==== Restore or initialise (order: workdir, init_from, pretrained, scratch) ================
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint.every_steps,
+                                      keep=config.checkpoint.keep, async_save=config.checkpoint.get("async_save", True))
+    if (latest := ckpt.latest_step()) is not None:
+        logging.info("Resuming from step %d of %s.", latest, workdir)
+        state = ckpt.restore(latest, abstract_state, train_iter)
+    else:
+        init_fn = jax.jit(lambda r: nn.unbox(stage.init_state(r)), out_shardings=state_shardings)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            state = init_fn(init_rng)
+        if config.get("init_from"):
+            logging.info("Initialising parameters from %s.", config.init_from)
+            state = state.replace(params=checkpointing.load_subtree(config.init_from, "params", abstract_state.params))
+            if state.frozen is not None:
+                state = state.replace(frozen=checkpointing.load_subtree(config.init_from, "frozen", abstract_state.frozen))
+        else:
+            state = jax.device_put(stage.restore_pretrained(state), state_shardings)
+    logging.info("Train state:\n%s", sharding.describe(state.params))
+
+    # ==== Update and eval steps (jitted once, state donated) ====================================
+    def update_fn(state: TrainState, batch, rng):
+        return stage.train_step(state, batch, jax.random.fold_in(rng, state.step))
+
+    def eval_fn(state: TrainState, batch):
+        measurements = dict(stage.eval_step(state, batch))
+        valid = batch.get("valid")
+        measurements["_weight"] = jnp.sum(valid) if valid is not None else jnp.float32(config.batch_size)
+        return measurements
+
+    batch_sharding = sharding.batch_sharding(mesh)
+    update_step = jax.jit(update_fn, in_shardings=(state_shardings, batch_sharding, replicated),
+                          out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    eval_step = jax.jit(eval_fn, in_shardings=(state_shardings, batch_sharding), out_shardings=replicated)
+
+    def evaluate(state: TrainState) -> dict[str, float]:
+        source = _data_source(stage, config, config.data.get("eval_split", "validation"))
+        totals: dict[str, float] = {}
+        weight = 0.0
+        batches = pipeline.make_eval_batches(source, stage.eval_preprocess, batch_size=local_batch_size,
+                                             shard_index=jax.process_index(), shard_count=jax.process_count())
+        for i, local in enumerate(batches):
+            if config.get("eval_max_batches") and i >= config.eval_max_batches:
+                break
+            with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+                m = jax.device_get(eval_step(state, sharding.make_global_batch(local, mesh)))
+            w = float(m.pop("_weight"))
+            weight += w
+            for k, v in m.items():
+                totals[k] = totals.get(k, 0.0) + w * float(v)
+        return {k: v / max(weight, 1.0) for k, v in totals.items()}
+
+    # ==== Loop ===================================================================================
+    step = int(jax.device_get(state.step))
+    total_steps = config.total_steps
+    report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+    history: list[dict[str, float]] = []
+    window: list[dict[str, np.ndarray]] = []
+    result: dict[str, Any] = {"train": {}, "eval": {}, "preempted": False}
+    logging.info("Training %s from step %d to %d.", config.stage, step, total_steps)
+    with _PreemptionNotice() as notice:
+        while step < total_steps:
+            with report_progress.timed("data", wait_jax_async_dispatch=False):
+                batch = sharding.make_global_batch(next(train_iter), mesh)
+            with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+                state, measurements = update_step(state, batch, train_rng)
+            step += 1
+            measurements = jax.device_get(measurements)
+            check_finite(measurements, step)
+            history.append({k: float(v) for k, v in measurements.items()})
+            window.append(measurements)
+            report_progress(step)
+
+            if step % config.log_every_steps == 0 or step == total_steps:
+                result["train"] = _mean(window)
+                writer.write_scalars(step, {f"train/{k}": v for k, v in result["train"].items()})
+                window = []
+            if config.eval_every_steps and (step % config.eval_every_steps == 0 or step == total_steps):
+                with report_progress.timed("eval"):
+                    result["eval"] = evaluate(state)
+                writer.write_scalars(step, {f"val/{k}": v for k, v in result["eval"].items()})
+            if (config.sample_every_steps and step % config.sample_every_steps == 0) or step == total_steps:
+                stage.periodic_eval(state, writer, step, workdir)
+
+            preempted = notice.received if jax.process_count() == 1 else ckpt.manager.reached_preemption(step)
+            if preempted or step == total_steps or ckpt.should_save(step):
+                ckpt.save(step, state, train_iter, force=True)
+            if preempted:
+                result["preempted"] = True
+                logging.warning("Stopped by preemption at step %d (checkpoint saved).", step)
+                break
+            writer.flush()
+
+    # ==== Finish =================================================================================
+    ckpt.wait()
+    ckpt.close()
+    writer.flush()
+    result.update(step=step, history=history)
+    if jax.process_index() == 0:
+        (epath.Path(workdir) / "result.json").write_text(
+            json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+    return result
