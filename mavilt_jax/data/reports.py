@@ -235,8 +235,9 @@ def mesh_problems(mesh_terms: Iterable[str]) -> tuple[str, ...]:
 
 # MeSH heads of IU X-ray's indexing -> CheXpert observations (POSITIVE when the term is present).
 # Chosen after CheXpert's own mention phrases: e.g. vascular congestion counts as edema, nodules
-# and masses as lung lesion, tubes/lines/catheters/implanted devices as support devices; clips,
-# sutures and calcified granulomas have no CheXpert counterpart and map to nothing.
+# and masses as lung lesion, consolidation is also a lung opacity, tubes, catheters, implanted
+# devices and surgical material as support devices; sutures and calcified granulomas have no
+# CheXpert counterpart and map to nothing.
 _MESH_HEAD_TO_OBSERVATIONS: dict[str, tuple[str, ...]] = {
     "normal": ("No Finding",),
     "cardiomegaly": ("Cardiomegaly",),
@@ -248,12 +249,12 @@ _MESH_HEAD_TO_OBSERVATIONS: dict[str, tuple[str, ...]] = {
     "cavitation": ("Lung Lesion",),
     "pulmonary edema": ("Edema",),
     "pulmonary congestion": ("Edema",),
-    "consolidation": ("Consolidation",),
+    "consolidation": ("Consolidation", "Lung Opacity"),
     "pneumonia": ("Pneumonia",),
     "pulmonary atelectasis": ("Atelectasis",),
     "pneumothorax": ("Pneumothorax",),
     "hydropneumothorax": ("Pneumothorax", "Pleural Effusion"),
-    "hemopneumothorax": ("Pneumothorax", "Pleural Effusion"),
+    "hemopneumothorax": ("Pneumothorax",),
     "pleural effusion": ("Pleural Effusion",),
     "fractures, bone": ("Fracture",),
     "catheters, indwelling": ("Support Devices",),
@@ -261,6 +262,7 @@ _MESH_HEAD_TO_OBSERVATIONS: dict[str, tuple[str, ...]] = {
     "medical device": ("Support Devices",),
     "tube, inserted": ("Support Devices",),
     "stents": ("Support Devices",),
+    "surgical instruments": ("Support Devices",),
 }
 # (head, qualifier) pairs whose meaning depends on the qualifier ("Cardiac Shadow/enlarged").
 _MESH_QUALIFIED_TO_OBSERVATIONS: dict[tuple[str, str], tuple[str, ...]] = {
