@@ -75,6 +75,9 @@ MENTIONS: dict[str, tuple[str, ...]] = {
     ),
     "Atelectasis": (
         "atelectasis", "atelectases", "atelectatic", "collapse", "collapsed",
+        # Linear (plate-like) densities are the radiographic sign of subsegmental atelectasis.
+        "linear density", "linear densities", "linear opacity", "linear opacities",
+        "platelike atelectasis", "plate-like atelectasis", "discoid atelectasis",
     ),
     "Pneumothorax": (
         "pneumothorax", "pneumothoraces", "pneumothoraxes",
@@ -124,10 +127,12 @@ _NOT_IN_GAP = ["enlarged", "enlargement", "but", "however", "although", "with", 
 def _normal_patterns() -> list[dict]:
     """'Normal' statements: an anatomy anchor and a normality word within one clause."""
     gap = {"IS_PUNCT": False, "LOWER": {"NOT_IN": _NOT_IN_GAP}, "OP": "{0,6}"}
-    short_gap = {"IS_PUNCT": False, "LOWER": {"NOT_IN": _NOT_IN_GAP}, "OP": "{0,2}"}
+    short_gap = {"IS_PUNCT": False, "LOWER": {"NOT_IN": _NOT_IN_GAP}, "OP": "{0,4}"}
     patterns = []
+    # The label is provisional: which observations a normal statement covers depends on every
+    # anchor word inside it ("heart size and mediastinum are normal" covers two).
     for anchor, label in ((_HEART, "Cardiomegaly"),
-                          (_CARDIOMEDIASTINAL, "Cardiomegaly|Enlarged Cardiomediastinum"),
+                          (_CARDIOMEDIASTINAL, "Enlarged Cardiomediastinum"),
                           (_MEDIASTINUM, "Enlarged Cardiomediastinum")):
         anchor_tok = {"LOWER": {"IN": anchor}}
         normal_tok = {"LOWER": {"IN": _NORMAL}}
@@ -202,7 +207,8 @@ UNCERTAINTY_TERMSET: dict[str, list[str]] = {
         "can not be ruled out", "not ruled out", "not be ruled out", "is possible",
         "is suspected", "are suspected", "is questioned", "is likely", "versus", "vs",
         "difficult to exclude", "could be", "may be", "is not clearly excluded", "?",
-        "is questionable", "are possible", "not clearly excluded",
+        "is questionable", "are possible", "not clearly excluded", "may represent",
+        "could represent", "might represent", "may reflect", "could reflect", "may indicate",
     ],
     "termination": [
         "but", "however", "although", "though", "which", "aside from", "apart from", "except",
@@ -229,10 +235,29 @@ def build_pipeline() -> spacy.language.Language:
     return nlp
 
 
+# Hedge words that a multi-token mention can contain ("the heart may be mildly enlarged").
+_INNER_HEDGES = frozenset({"may", "might", "could", "possibly", "probably", "possible",
+                           "borderline", "questionable", "likely"})
+
+
+def _observations(ent) -> list[str]:
+    """The observations a mention or normal statement speaks of."""
+    if ent.ent_id_ != "normal":
+        return ent.label_.split("|")
+    words = {t.lower_ for t in ent}
+    out = []
+    if words & set(_HEART):
+        out.append("Cardiomegaly")
+    # "Cardiomediastinal silhouette is normal" speaks of the mediastinum, not of heart size.
+    if words & set(_CARDIOMEDIASTINAL + _MEDIASTINUM):
+        out.append("Enlarged Cardiomediastinum")
+    return out
+
+
 def _mention_state(ent) -> int:
     if ent.ent_id_ == "normal":
         return L.NEGATIVE
-    if ent._.uncertain:
+    if ent._.uncertain or any(t.lower_ in _INNER_HEDGES for t in ent):
         return L.UNCERTAIN
     if ent._.negex:
         return L.NEGATIVE
@@ -250,7 +275,7 @@ def annotate(text: str) -> list[tuple[str, int, str]]:
     for ent in doc.ents:
         if ent.label_ == _IGNORE:
             continue
-        for observation in ent.label_.split("|"):
+        for observation in _observations(ent):
             out.append((observation, _mention_state(ent), ent.text))
     return out
 
@@ -261,7 +286,7 @@ def _labels_from_doc(doc) -> np.ndarray:
         if ent.label_ == _IGNORE:
             continue
         state = _mention_state(ent)
-        for observation in ent.label_.split("|"):
+        for observation in _observations(ent):
             i = L.INDEX[observation]
             if _RANK[state] > _RANK[int(vec[i])]:
                 vec[i] = state
