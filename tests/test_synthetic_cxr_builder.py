@@ -1,0 +1,73 @@
+"""The synthetic_cxr TFDS builder: counts, disjoint splits, decoded features equal the generator's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from mavilt_jax.data import phantoms
+from tfds_builders.synthetic_cxr import SyntheticCxr, SyntheticCxrConfig
+from tfds_builders.synthetic_cxr.synthetic_cxr_dataset_builder import SPLIT_SEEDS
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("tfds")
+    builder = SyntheticCxr(config="r32_tiny", data_dir=data_dir)
+    builder.download_and_prepare()
+    return builder, data_dir
+
+
+def test_counts_format_and_configs(built):
+    builder, _ = built
+    assert builder.name == "synthetic_cxr"
+    assert {k: v.num_examples for k, v in builder.info.splits.items()} == {"train": 16, "validation": 4, "test": 4}
+    assert builder.info.file_format.value == "array_record"
+    configs = {c.name: c for c in SyntheticCxr.BUILDER_CONFIGS}
+    assert {"r64_small", "r128", "r128_small", "r256"} <= set(configs)
+    assert (configs["r128"].resolution, configs["r128"].num_train, configs["r128"].num_validation, configs["r128"].num_test) == (128, 2000, 200, 200)
+
+
+def test_decoded_examples_equal_the_generator(built):
+    _, data_dir = built
+    for split in ("train", "test"):
+        source = tfds.data_source("synthetic_cxr/r32_tiny", data_dir=data_dir, split=split)
+        by_id = {}
+        for i in range(len(source)):
+            ex = source[i]
+            by_id[ex["study_id"].decode()] = ex
+        assert len(by_id) == len(source)
+        for index in range(len(source)):
+            ref = phantoms.generate_study(SPLIT_SEEDS[split], index, 32)
+            ex = by_id[ref["study_id"]]
+            assert ex["image"].shape == (32, 32, 1) and ex["image"].dtype == np.uint8
+            np.testing.assert_array_equal(ex["image"][..., 0], ref["image"])
+            np.testing.assert_array_equal(ex["labels"], ref["labels"])
+            assert ex["labels"].dtype == np.int8
+            assert ex["findings"].decode() == ref["findings"]
+            assert ex["impression"].decode() == ref["impression"]
+            assert ex["attributes"].decode() == ref["attributes"]
+            assert ex["view"].decode() == ref["view"]
+            assert [q.decode() for q in ex["vqa"]["question"]] == [q["question"] for q in ref["vqa"]]
+            assert [a.decode() for a in ex["vqa"]["answer"]] == [q["answer"] for q in ref["vqa"]]
+
+
+def test_splits_are_disjoint(built):
+    _, data_dir = built
+    ids, images = {}, {}
+    for split in SPLIT_SEEDS:
+        source = tfds.data_source("synthetic_cxr/r32_tiny", data_dir=data_dir, split=split)
+        ids[split] = {source[i]["study_id"] for i in range(len(source))}
+        images[split] = {source[i]["image"].tobytes() for i in range(len(source))}
+    assert not ids["train"] & ids["validation"] and not ids["train"] & ids["test"] and not ids["validation"] & ids["test"]
+    assert not images["train"] & images["test"]
+
+
+def test_custom_config(tmp_path):
+    config = SyntheticCxrConfig(name="r48_custom", resolution=48, num_train=3, num_validation=1, num_test=1, seed=5)
+    builder = SyntheticCxr(config=config, data_dir=tmp_path)
+    builder.download_and_prepare()
+    source = tfds.data_source("synthetic_cxr/r48_custom", data_dir=tmp_path, split="train")
+    assert len(source) == 3 and source[0]["image"].shape == (48, 48, 1)
+    assert source[0]["study_id"].decode().startswith("syn0015-")  # seed 5 * 3 splits + train
