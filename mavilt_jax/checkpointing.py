@@ -77,6 +77,8 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
+        """Waits for a pending asynchronous save, then releases the manager."""
+        self.manager.wait_until_finished()
         self.manager.close()
 
 

@@ -8,6 +8,7 @@ What differs between stages lives in the `Stage` (`mavilt_jax/stages/base.py`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -64,6 +65,15 @@ class _PreemptionNotice:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+@contextlib.contextmanager
+def _finally(fn):
+    """Runs ``fn`` however the block ends (a pending asynchronous save completes even on errors)."""
+    try:
+        yield
+    finally:
+        fn()
+
+
 def _data_source(stage: Stage, config: ml_collections.ConfigDict, split: str):
     source = stage.data_source(split)
     if source is not None:
@@ -83,7 +93,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Returns a dict: ``step`` (last step), ``preempted`` (stopped by SIGTERM / preemption),
     ``history`` (measurements of every step run in this call, in order), ``train`` (means over
-    the last logging window), ``eval`` (last validation measurements).
+    the last logging window), ``eval`` (last validation measurements), ``state`` (the final,
+    sharded `TrainState`).
     """
     # ==== Setup ==================================================================================
     if config.get("disable_most_optimizations"):
@@ -184,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     window: list[dict[str, np.ndarray]] = []
     result: dict[str, Any] = {"train": {}, "eval": {}, "preempted": False}
     logging.info("Training %s from step %d to %d.", config.stage, step, total_steps)
-    with _PreemptionNotice() as notice:
+    with _PreemptionNotice() as notice, _finally(ckpt.close):
         while step < total_steps:
             with report_progress.timed("data", wait_jax_async_dispatch=False):
                 batch = sharding.make_global_batch(next(train_iter), mesh)
@@ -218,11 +229,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             writer.flush()
 
     # ==== Finish =================================================================================
-    ckpt.wait()
-    ckpt.close()
     writer.flush()
     result.update(step=step, history=history)
     if jax.process_index() == 0:
-        (epath.Path(workdir) / "result.json").write_text(
-            json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+        (epath.Path(workdir) / "result.json").write_text(json.dumps(
+            {k: v for k, v in result.items() if k != "history"} | {"first": history[0] if history else {}}, indent=2))
+    result["state"] = state
     return result
