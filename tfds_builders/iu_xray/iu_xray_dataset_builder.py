@@ -51,14 +51,14 @@ _SPLITS = ("train", "validation", "test")
 
 
 class SkipCounter(collections.Counter):
-    """Examples skipped during a build, by reason; logged once per split."""
+    """Studies skipped during a build, by reason; logged once per build stage."""
 
-    def log(self, dataset: str, split: str, kept: int) -> None:
+    def log(self, dataset: str, stage: str, kept: int) -> None:
         if self:
             details = ", ".join(f"{reason}={count}" for reason, count in sorted(self.items()))
-            logging.warning("%s %s: kept %d examples, skipped %d (%s).", dataset, split, kept, sum(self.values()), details)
+            logging.warning("%s, %s: kept %d studies, skipped %d (%s).", dataset, stage, kept, sum(self.values()), details)
         else:
-            logging.info("%s %s: kept %d examples, skipped none.", dataset, split, kept)
+            logging.info("%s, %s: kept %d studies, skipped none.", dataset, stage, kept)
 
 
 def read_radiograph(path: epath.PathLike, resolution: int) -> np.ndarray:
@@ -192,7 +192,7 @@ class IuXray(tfds.core.GeneratorBasedBuilder):
             studies = self._r2gen_layout_studies(manual_dir, skipped)
         else:
             studies = self._openi_layout_studies(manual_dir, skipped)
-        skipped.log(self.name, "reports (all splits)", sum(map(len, studies.values())))
+        skipped.log(self.name, "reports and views (all splits)", sum(map(len, studies.values())))
         # TFDS cannot write an empty split (e.g. a small "all" build whose test bucket is empty).
         return {split: self._generate_examples(studies[split], split) for split in _SPLITS if studies[split]}
 
@@ -337,4 +337,4 @@ class IuXray(tfds.core.GeneratorBasedBuilder):
                 "labels": study["labels"],
                 "view": study["view"],
             }
-        skipped.log(self.name, split, kept)
+        skipped.log(self.name, f"{split} images", kept)
