@@ -1,0 +1,260 @@
+"""Training sequences and prompts: hand-built examples, masks, image spans, condition dropout."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import tokenizers
+
+from mavilt_jax.data import sequences as S
+from mavilt_jax.data import templates as T
+from mavilt_jax.data import vocab as vocab_lib
+from mavilt_jax.data.vocab import ExtendedVocab
+
+WORDS = ["<|endoftext|>", "no", "effusion", "mild", "cardiomegaly", ".", "Instruction", ":", "Describe", "Response", "[UNK]"]
+CODES = np.array([3, 0, 2, 1])
+REPORTS = [
+    "The heart is normal in size. No pleural effusion or pneumothorax.",
+    "Mild cardiomegaly. Small left pleural effusion.",
+    "Lungs are clear. No acute cardiopulmonary abnormality.",
+]
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def words() -> ExtendedVocab:
+    """Word-level tokenizer with ids by hand: <|endoftext|>=0, no=1, effusion=2, ... (11 ids)."""
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    return ExtendedVocab(tok, codebook_size=4, codes_per_image=4, eos_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="module")
+def bpe() -> ExtendedVocab:
+    tok = vocab_lib.train_bpe(REPORTS * 5, 400)
+    return ExtendedVocab(tok, codebook_size=16, codes_per_image=4, eos_token=vocab_lib.BPE_EOS)
+
+
+@pytest.fixture(scope="module")
+def chat() -> ExtendedVocab:
+    tok = vocab_lib.train_bpe(REPORTS * 5, 400)
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    return ExtendedVocab(tok, codebook_size=16, codes_per_image=4, eos_token="<|im_end|>", chat_template=CHATML)
+
+
+# Word vocab layout: 11 text ids, codes 11..14, then <boi>=15 <eoi>=16 <pad>=17 <report2image>=18
+# <image2report>=19 <uncond>=20.
+BOI, EOI, PAD, R2I, I2R, UNCOND = 15, 16, 17, 18, 19, 20
+
+
+def test_hand_built_stage1_sequences(words):
+    assert (words.layout.boi_id, words.layout.pad_id, words.special_id("<uncond>")) == (BOI, PAD, UNCOND)
+    builder = S.SequenceBuilder(words, S.SequenceConfig(max_len=12))
+    i2r = builder.image_to_report(CODES, "no effusion .")
+    # s = <image2report> <boi> 14 11 13 12 <eoi> no effusion . <eos>; scored on "no effusion . <eos>".
+    np.testing.assert_array_equal(i2r["tokens"], [I2R, BOI, 14, 11, 13, 12, EOI, 1, 2, 5, PAD, PAD])
+    np.testing.assert_array_equal(i2r["targets"], [BOI, 14, 11, 13, 12, EOI, 1, 2, 5, 0, PAD, PAD])
+    np.testing.assert_array_equal(i2r["loss_mask"], [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(i2r["segment_ids"], [1] * 10 + [0] * 2)
+    np.testing.assert_array_equal(i2r["positions"], np.arange(12))
+    assert not i2r["is_image_target"].any()
+
+    r2i = builder.report_to_image(CODES, "mild cardiomegaly .")
+    # s = <report2image> mild cardiomegaly . <boi> 14 11 13 12 <eoi>; scored on the codes and <eoi>.
+    np.testing.assert_array_equal(r2i["tokens"], [R2I, 3, 4, 5, BOI, 14, 11, 13, 12, PAD, PAD, PAD])
+    np.testing.assert_array_equal(r2i["targets"], [3, 4, 5, BOI, 14, 11, 13, 12, EOI, PAD, PAD, PAD])
+    np.testing.assert_array_equal(r2i["loss_mask"], [0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(r2i["is_image_target"], [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0])
+
+    dropped = builder.report_to_image(CODES, "mild cardiomegaly .", uncond=True)
+    np.testing.assert_array_equal(dropped["tokens"][:7], [R2I, UNCOND, BOI, 14, 11, 13, 12])
+
+
+def test_hand_built_stage2_plain_layout(words):
+    builder = S.SequenceBuilder(words, S.SequenceConfig(max_len=16))
+    out = builder.instruction("findings", T.Template("findings", "Describe ."), codes=CODES, response="no effusion .")
+    # s = <boi> codes <eoi> Instruction : Describe . Response : no effusion . <eos>  (the "\n" are dropped by
+    # the word-level pre-tokenizer); scored on "no effusion . <eos>".
+    s = [BOI, 14, 11, 13, 12, EOI, 6, 7, 8, 5, 9, 7, 1, 2, 5, 0]
+    np.testing.assert_array_equal(out["tokens"], s[:-1] + [PAD])
+    np.testing.assert_array_equal(out["targets"], s[1:] + [PAD])
+    np.testing.assert_array_equal(out["loss_mask"], [0] * 11 + [1] * 4 + [0])
+    prompt = builder.instruction_prompt("findings", codes=CODES, template=T.Template("findings", "Describe ."))
+    assert prompt == s[:12]
+
+
+def _scored(out: dict, row=None) -> np.ndarray:
+    targets, mask = (out["targets"], out["loss_mask"]) if row is None else (out["targets"][row], out["loss_mask"][row])
+    return targets[mask > 0]
+
+
+def _sequence(out: dict) -> np.ndarray:
+    """The id list s a sequence was built from: its real tokens and the last target."""
+    n = int(out["segment_ids"].sum())
+    return np.concatenate([out["tokens"][:n], out["targets"][n - 1:n]])
+
+
+def _prompt_part(out: dict, row=None) -> list[int]:
+    tokens, mask = (out["tokens"], out["loss_mask"]) if row is None else (out["tokens"][row], out["loss_mask"][row])
+    return tokens[: int(np.argmax(mask > 0)) + 1].tolist()
+
+
+@pytest.mark.parametrize("fixture", ["bpe", "chat"])
+def test_scored_part_decodes_to_the_response_and_image_span_is_whole(fixture, request):
+    vocab = request.getfixturevalue(fixture)
+    builder = S.SequenceBuilder(vocab, S.SequenceConfig(max_len=256, cond_drop_prob=0.0))
+    example = {"findings": REPORTS[0].encode(), "impression": b"No acute disease.",
+               "vqa": [{"question": "Is there a pleural effusion?", "answer": "no", "answer_type": "closed",
+                        "question_type": "presence"}]}
+    codes = np.array([15, 0, 7, 7])
+    full = f"{REPORTS[0]} No acute disease."
+    pair = builder.stage1_example(example, codes, np.random.default_rng(0))
+    assert pair["tokens"].shape == (2, 256)
+    assert vocab.decode_text(_scored(pair, 0)) == full
+    np.testing.assert_array_equal(vocab.codes(_scored(pair, 1)), codes)
+    assert _scored(pair, 1)[-1] == vocab.layout.eoi_id
+    expected = {"report": full, "findings": REPORTS[0], "impression": "No acute disease.", "vqa": "no"}
+    for task in T.TASKS:
+        out = builder.stage2_example(example, codes, np.random.default_rng(1), task=task)
+        assert out["task_id"] == T.TASKS.index(task)
+        seq = _sequence(out)
+        is_code = vocab.image_mask()[seq]
+        assert is_code.sum() == 4  # exactly codes_per_image codes, contiguous, between <boi> and <eoi>
+        first = int(np.argmax(is_code))
+        assert seq[first - 1] == vocab.layout.boi_id and seq[first + 4] == vocab.layout.eoi_id
+        if task == "report_to_image":
+            np.testing.assert_array_equal(vocab.codes(_scored(out)), codes)
+            assert out["is_image_target"].sum() == 4
+            assert vocab.decode_text(out["tokens"]).count(full) == 1  # the report is in the instruction
+        else:
+            assert vocab.decode_text(_scored(out)) == expected[task]
+            assert _scored(out)[-1] == vocab.layout.eos_id and not out["is_image_target"].any()
+        # Training prompt part == the sampler's prompt with the same wording (report -> image: before <boi>).
+        template = T.sample_template(task, np.random.default_rng(1), question_type="presence")
+        if task == "report_to_image":
+            prompt = builder.instruction_prompt(task, report=full, template=template)
+            assert _prompt_part(out)[:-1] == prompt and _prompt_part(out)[-1] == vocab.layout.boi_id
+        elif task != "vqa":
+            assert _prompt_part(out) == builder.instruction_prompt(task, codes=codes, template=template)
+        else:
+            assert "Is there a pleural effusion?" in vocab.decode_text(_prompt_part(out))
+    if fixture == "chat":  # the chat layout is the template's
+        prompt = builder.instruction_prompt("impression", codes=codes)
+        text = vocab.decode_text(prompt, skip_special_tokens=False)
+        wording = T.default_template("impression").text
+        assert text == f"<|im_start|>user\n\n{wording}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_padding_is_never_scored_and_long_reports_are_cut(bpe):
+    long_report = " ".join(REPORTS * 6)
+    builder = S.SequenceBuilder(bpe, S.SequenceConfig(max_len=40, cond_drop_prob=0.0))
+    pair = builder.stage1_example({"findings": long_report, "impression": ""}, CODES, np.random.default_rng(0))
+    for row in range(2):
+        assert pair["segment_ids"][row].all()  # filled to max_len
+        assert bpe.image_mask()[_sequence({k: v[row] for k, v in pair.items()})].sum() == 4
+    i2r_text = bpe.decode_text(_scored(pair, 0))
+    assert long_report.startswith(i2r_text) and len(i2r_text) < len(long_report)
+    assert bpe.layout.eos_id not in _scored(pair, 0)  # a cut report does not teach stopping
+    np.testing.assert_array_equal(bpe.codes(_scored(pair, 1)), CODES)  # the image span is never cut
+    assert _scored(pair, 1)[-1] == bpe.layout.eoi_id
+    short = S.SequenceBuilder(bpe, S.SequenceConfig(max_len=60)).image_to_report(CODES, REPORTS[1])
+    assert (short["loss_mask"][short["targets"] == bpe.layout.pad_id] == 0).all()
+    assert (short["loss_mask"][short["segment_ids"] == 0] == 0).all()
+    with pytest.raises(ValueError, match="does not fit"):
+        S.SequenceBuilder(bpe, S.SequenceConfig(max_len=6)).image_to_report(CODES, REPORTS[1])
+    with pytest.raises(ValueError, match="4 codes"):
+        builder.image_to_report(np.arange(5), REPORTS[1])
+
+
+def test_condition_dropout_rate(bpe):
+    p, n = 0.25, 4000
+    builder = S.SequenceBuilder(bpe, S.SequenceConfig(max_len=64, cond_drop_prob=p))
+    rng = np.random.default_rng(0)
+    example = {"findings": REPORTS[1], "impression": ""}
+    uncond = bpe.special_id("<uncond>")
+    drops = 0
+    for _ in range(n):
+        pair = builder.stage1_example(example, CODES, rng)
+        dropped = uncond in pair["tokens"][1]
+        drops += dropped
+        assert uncond not in pair["tokens"][0]  # image -> report keeps its input
+        if dropped:  # nothing of the report is left in the condition
+            assert bpe.decode_text(pair["tokens"][1]) == ""
+    # Binomial(n, p): standard deviation 0.0068; 4.5 sigma.
+    assert abs(drops / n - p) < 0.031
+
+
+def test_prompts_match_training_layouts_and_left_pad(bpe):
+    builder = S.SequenceBuilder(bpe, S.SequenceConfig(max_len=64, cond_drop_prob=0.0))
+    pair = builder.stage1_example({"findings": REPORTS[2], "impression": ""}, CODES, np.random.default_rng(0))
+    i2r_prompt = builder.image_to_report_prompt(CODES)
+    assert _prompt_part(pair, 0) == i2r_prompt
+    r2i_prompt = builder.report_to_image_prompt(REPORTS[2])
+    assert _prompt_part(pair, 1) == r2i_prompt + [bpe.layout.boi_id]
+    assert builder.report_to_image_prompt(REPORTS[2], uncond=True) == [bpe.special_id("<report2image>"), bpe.special_id("<uncond>")]
+    # A report -> image prompt leaves room for <boi>, the codes and <eoi>.
+    tight = S.SequenceBuilder(bpe, S.SequenceConfig(max_len=12)).report_to_image_prompt(" ".join(REPORTS))
+    assert len(tight) == 12 - 4 - 2
+    tokens, lengths = S.left_pad([[5, 6, 7], [8]], pad_id=99)
+    np.testing.assert_array_equal(tokens, [[5, 6, 7], [99, 99, 8]])
+    np.testing.assert_array_equal(lengths, [3, 1])
+    with pytest.raises(ValueError):
+        S.left_pad([[1, 2, 3]], pad_id=0, length=2)
+
+
+def test_stage2_task_sampling_respects_weights_and_availability(bpe):
+    weights = (("report", 1.0), ("findings", 1.0), ("impression", 2.0), ("report_to_image", 0.0), ("vqa", 1.0))
+    builder = S.SequenceBuilder(bpe, S.SequenceConfig(max_len=256, task_weights=weights))
+    # TFDS delivers the vqa sequence as a dict of arrays; this study has no findings.
+    example = {"findings": np.array(b"", object), "impression": np.array(REPORTS[2].encode(), object),
+               "vqa": {"question": np.array([b"Is this a normal study?"], object), "answer": np.array([b"yes"], object),
+                       "answer_type": np.array([b"closed"], object), "question_type": np.array([b"normality"], object)}}
+    rng = np.random.default_rng(0)
+    counts = np.bincount([int(builder.stage2_example(example, CODES, rng)["task_id"]) for _ in range(800)], minlength=5)
+    assert counts[T.TASKS.index("findings")] == 0 and counts[T.TASKS.index("report_to_image")] == 0
+    # report : impression : vqa = 1 : 2 : 1.
+    np.testing.assert_allclose(counts[[0, 2, 4]] / 800, [0.25, 0.5, 0.25], atol=0.06)
+    with pytest.raises(ValueError, match="no data"):
+        builder.stage2_example(example, CODES, rng, task="findings")
+    assert S.vqa_pairs(example["vqa"]) == [{"question": "Is this a normal study?", "answer": "yes",
+                                            "answer_type": "closed", "question_type": "normality"}]
+
+
+def test_bos_and_text_example(bpe):
+    tok = tokenizers.Tokenizer.from_str(bpe.tokenizer.to_str())
+    tok.add_special_tokens(["<s>"])
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = tokenizers.processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    llama_like = ExtendedVocab(tok, codebook_size=16, codes_per_image=4, eos_token=vocab_lib.BPE_EOS)
+    builder = S.SequenceBuilder(llama_like, S.SequenceConfig(max_len=64, use_chat_template=False))
+    pair = builder.stage1_example({"findings": REPORTS[0], "impression": ""}, CODES, np.random.default_rng(0))
+    assert (pair["tokens"][:, 0] == bos).all()
+    text = builder.text_example(REPORTS[1])
+    ids = llama_like.encode_text(REPORTS[1])
+    np.testing.assert_array_equal(_scored(text), ids + [0])  # every text token and <eos> scored
+    assert text["tokens"][0] == bos
+
+
+def test_real_iu_reports_round_trip(shared_data):
+    with open(shared_data / "iu_xray" / "indiana_reports.csv", newline="") as f:
+        rows = [r for _, r in zip(range(300), csv.DictReader(f)) if r["findings"] or r["impression"]]
+    vocab = ExtendedVocab(vocab_lib.train_bpe([r["findings"] + " " + r["impression"] for r in rows], 1000),
+                          codebook_size=64, codes_per_image=16, eos_token=vocab_lib.BPE_EOS)
+    builder = S.SequenceBuilder(vocab, S.SequenceConfig(max_len=96, cond_drop_prob=0.0))
+    rng = np.random.default_rng(0)
+    cut = 0
+    for r in rows:
+        codes = rng.integers(0, 64, 16)
+        pair = builder.stage1_example(r, codes, rng)
+        report = builder.report_text(r)
+        decoded = vocab.decode_text(_scored(pair, 0))
+        if vocab.layout.eos_id in _scored(pair, 0):
+            assert decoded == report
+        else:
+            cut += 1
+            assert report.startswith(decoded)
+        np.testing.assert_array_equal(vocab.codes(_scored(pair, 1)), codes)
+    assert 0 < cut < len(rows)  # some reports are longer than 96 - 19 tokens, most are not
