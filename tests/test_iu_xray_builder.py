@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
+import tarfile
 import zlib
 
 import numpy as np
@@ -162,3 +164,39 @@ def test_real_radiograph_reads(shared_data):
     assert pixels.std() > 20
     middle, sides = pixels[20:44, 28:36].mean(), np.concatenate([pixels[20:44, 10:20], pixels[20:44, 44:54]]).mean()
     assert middle > sides
+
+
+def test_real_iu_reports_give_the_r2gen_split_exactly(shared_data, tmp_path, caplog):
+    """The real report XMLs, projections and R2Gen split, with a blank 8x8 PNG per named image
+    (the images are not in shared data): the r2gen build must hold exactly R2Gen's studies."""
+    manual = tmp_path / "manual"
+    (manual / "NLMCXR_png").mkdir(parents=True)
+    iu = shared_data / "iu_xray"
+    for name in ("NLMCXR_reports.tgz", "indiana_projections.csv", "r2gen_split.csv"):
+        (manual / name).symlink_to(iu / name)
+    blank = cxr_layouts.png_bytes(np.full((8, 8), 90, np.uint8))
+    with tarfile.open(iu / "NLMCXR_reports.tgz") as tar:
+        for member in tar.getmembers():
+            if member.isfile() and member.name.endswith(".xml"):
+                for image_id in reports.parse_iu_xml(tar.extractfile(member).read()).image_ids:
+                    (manual / "NLMCXR_png" / f"{image_id}.png").write_bytes(blank)
+    config = IuXrayConfig(name="real_r2gen_r8", resolution=8, split="r2gen", require_frontal=False)
+    builder = IuXray(config=config, data_dir=str(tmp_path / "data"))
+    builder.download_and_prepare(
+        file_format="array_record", download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
+    )
+    with open(iu / "r2gen_split.csv", newline="") as f:
+        want = {"train": set(), "validation": set(), "test": set()}
+        for row in csv.DictReader(f):
+            want[{"val": "validation"}.get(row["split"], row["split"])].add(row["study_id"])
+    assert {len(v) for v in want.values()} == {2069, 296, 590}
+    for split, study_ids in want.items():
+        source = builder.as_data_source(split)
+        got = [e["study_id"].decode() for e in source]
+        assert len(got) == len(study_ids) and set(got) == study_ids, split
+    # The frontal image is chosen by the projections file: CXR1's XML lists the lateral first.
+    train = {e["study_id"].decode(): e for e in builder.as_data_source("train")}
+    assert train["CXR1_1_IM-0001"]["image_id"].decode() == "CXR1_1_IM-0001-4001"
+    assert train["CXR1_1_IM-0001"]["view"].decode() == "Frontal"
+    views = [e["view"].decode() for split in want for e in builder.as_data_source(split)]
+    assert views.count("Frontal") == 2955 - 12 and views.count("Lateral") == 12

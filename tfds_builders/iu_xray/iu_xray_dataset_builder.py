@@ -11,7 +11,9 @@ Two local layouts are read (see ``MANUAL_DOWNLOAD_INSTRUCTIONS``):
   ``NLMCXR_reports.tgz`` as downloaded). A report names its images with ``parentImage`` ids;
   images sharing an id prefix (``CXR1_1_IM-0001``-4001, -3001) form one study, with that prefix as
   ``study_id`` (the study id R2Gen uses). The frontal image is the first one that
-  ``indiana_projections.csv`` calls Frontal; without that file, the first image of the study.
+  ``indiana_projections.csv`` calls Frontal; without that file, the first image of the study
+  (view "unknown"). Studies with lateral images only are skipped, except in the r2gen configs,
+  which keep R2Gen's studies exactly (first image, view "Lateral").
 - R2Gen: ``annotation.json`` ({train, val, test}: [{id, report, image_path, split}]) and
   ``images/<study>/<n>.png``; image 0 is the frontal one. The report text there is the findings;
   with ``indiana_reports.csv`` beside it, impression and MeSH labels are added from it.
@@ -112,10 +114,20 @@ def image_features(resolution: int) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class IuXrayConfig(tfds.core.BuilderConfig):
-    """resolution: side of the square image; split: "r2gen" (R2Gen's study split) or "all"."""
+    """resolution: side of the square image; split: "r2gen" (R2Gen's study split) or "all";
+    require_frontal: skip studies whose images are all lateral (Open-i layout with projections).
+    The r2gen configs keep them (their first image, view "Lateral") so that the split has exactly
+    the studies papers evaluate on."""
 
     resolution: int = 256
     split: str = "r2gen"
+    require_frontal: bool = True
+
+
+def _image_key(name: str) -> str:
+    """The "IM-..." part of an image id or projection file name (from "IM-" on)."""
+    start = name.find("IM-")
+    return name[start:] if start >= 0 else name
 
 
 def _hash_split(key: str) -> str:
@@ -152,9 +164,10 @@ class IuXray(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Open-i and R2Gen layouts; frontal view; R2Gen or hash split."}
     BUILDER_CONFIGS = [
-        IuXrayConfig(name="r2gen_r256", resolution=256, split="r2gen", description="R2Gen split, 256x256."),
-        IuXrayConfig(name="r2gen_r128", resolution=128, split="r2gen", description="R2Gen split, 128x128."),
-        IuXrayConfig(name="r2gen_r512", resolution=512, split="r2gen", description="R2Gen split, 512x512."),
+        IuXrayConfig(name=f"r2gen_r{r}", resolution=r, split="r2gen", require_frontal=False,
+                     description=f"R2Gen split (2069/296/590 studies), {r}x{r}.")
+        for r in (256, 128, 512)
+    ] + [
         IuXrayConfig(name="all_r256", resolution=256, split="all", description="All studies, 70/10/20 by uid hash."),
         IuXrayConfig(name="all_r128", resolution=128, split="all", description="All studies, 70/10/20 by uid hash."),
     ]
@@ -204,11 +217,13 @@ class IuXray(tfds.core.GeneratorBasedBuilder):
                 f"No IU X-ray files in {manual_dir}: expected annotation.json (R2Gen layout) or "
                 f"ecgen-radiology/ / NLMCXR_reports.tgz (Open-i layout).\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
             )
-        projections: dict[str, str] = {}
+        # (uid, "IM-..." part) -> projection: the CSV's file names drop part of some image ids
+        # ("1_IM-0001-4001.dcm.png" is parentImage "CXR1_1_IM-0001-4001").
+        projections: dict[tuple[str, str], str] = {}
         if (manual_dir / "indiana_projections.csv").exists():
             for row in _read_csv(manual_dir / "indiana_projections.csv"):
-                image_id = "CXR" + row["filename"].removesuffix(".png").removesuffix(".dcm")
-                projections[image_id] = row["projection"].strip()
+                key = (row["uid"].strip(), _image_key(row["filename"].removesuffix(".png").removesuffix(".dcm")))
+                projections[key] = row["projection"].strip()
         r2gen_split = self._r2gen_split_file(manual_dir)
         studies: dict[str, list[dict]] = {split: [] for split in _SPLITS}
         seen: set[str] = set()
@@ -239,12 +254,16 @@ class IuXray(tfds.core.GeneratorBasedBuilder):
                 if study_id in seen:
                     skipped["duplicate_study"] += 1
                     continue
-                if projections and any(i in projections for i in image_ids):
-                    frontal = [i for i in image_ids if projections.get(i) == "Frontal"]
-                    if not frontal:
+                views = [projections.get((report.uid, _image_key(i))) for i in image_ids]
+                if any(views):
+                    frontal = [i for i, v in zip(image_ids, views) if v == "Frontal"]
+                    if frontal:
+                        image_id, view = frontal[0], "Frontal"
+                    elif self.builder_config.require_frontal:
                         skipped["no_frontal_view"] += 1
                         continue
-                    image_id, view = frontal[0], "Frontal"
+                    else:
+                        image_id, view = image_ids[0], views[0] or "unknown"
                 else:
                     image_id, view = image_ids[0], "unknown"
                 seen.add(study_id)
