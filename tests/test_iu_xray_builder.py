@@ -103,15 +103,17 @@ def test_openi_without_projections_takes_the_first_image(tmp_path, caplog):
     assert len(fixture["studies"]) + 1 == sum(len(s) for s in got.values())
 
 
-def test_r2gen_layout(tmp_path, caplog):
-    fixture = cxr_layouts.write_iu_r2gen(tmp_path / "manual", size=RES)
+@pytest.mark.parametrize("with_reports_csv", [False, True])
+def test_r2gen_layout(tmp_path, caplog, with_reports_csv):
+    fixture = cxr_layouts.write_iu_r2gen(tmp_path / "manual", size=RES, with_reports_csv=with_reports_csv)
     got = _build(tmp_path / "manual", tmp_path / "data", "r2gen", caplog)
     assert sum(len(s) for s in got.values()) == len(fixture["studies"]) == 4
     for study_id, want in fixture["studies"].items():
         example = got[{"val": "validation"}.get(want["split"], want["split"])][study_id]
         assert example["findings"].decode() == want["findings"]
-        assert example["impression"].decode() == "" and example["view"].decode() == "Frontal"
-        np.testing.assert_array_equal(example["labels"], np.full(14, L.ABSENT, np.int8))
+        assert example["impression"].decode() == want.get("impression", "")
+        assert example["view"].decode() == "Frontal"
+        np.testing.assert_array_equal(example["labels"], want.get("labels", np.full(14, L.ABSENT, np.int8)))
         np.testing.assert_array_equal(example["image"][:, :, 0], want["source_pixels"])
     assert _logged_skips(caplog) == fixture["skipped"]
 
