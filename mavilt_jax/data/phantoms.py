@@ -280,16 +280,17 @@ def _sample_nodule(rng: np.random.Generator, p: Prevalence) -> Nodule:
 # --------------------------------------------------------------------------------------------
 # Rendering.
 # --------------------------------------------------------------------------------------------
-# Inner thoracic half-width: lateral lung edge, |x| = _TC + _TA. The heart is sized against it.
-_TC, _TA = 0.36, 0.50
+# Inner thoracic half-width: the lateral lung edge lies at |x| = _TC + _TA.
+_TC, _TA = 0.38, 0.46
 THORAX_WIDTH = 2 * (_TC + _TA)
-_MM = 0.006  # patient units per millimetre (inner thorax ~ 290 mm)
+_MM = 0.0058  # patient units per millimetre (inner thorax ~ 290 mm)
 _FIELD = 64  # side of the periodic noise fields sampled in patient coordinates
+_F = np.float32
 
 
 def _step(z: np.ndarray) -> np.ndarray:
-    """Smooth 0 -> 1 transition of unit width around z = 0 (soft, anti-aliased edges)."""
-    return 0.5 * (1.0 + np.tanh(2.0 * z))
+    """Smooth 0 -> 1 transition of about unit width around z = 0 (anti-aliased edges)."""
+    return 0.5 + 0.5 * np.tanh(2.0 * z)
 
 
 def _noise_field(rng: np.random.Generator, lo: float, hi: float, n: int = _FIELD) -> np.ndarray:
@@ -297,66 +298,85 @@ def _noise_field(rng: np.random.Generator, lo: float, hi: float, n: int = _FIELD
     spec = np.fft.rfft2(rng.standard_normal((n, n)))
     f = np.hypot(np.fft.fftfreq(n)[:, None] * n, np.fft.rfftfreq(n)[None, :] * n)
     field = np.fft.irfft2(spec * (np.exp(-((f / hi) ** 2)) - np.exp(-((f / lo) ** 2))), s=(n, n))
-    return field / (field.std() + 1e-8)
+    return (field / (field.std() + 1e-8)).astype(_F)
 
 
 def _sample(field: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Bilinear, wrapping lookup of a periodic field at (u, v) in cells (u along columns)."""
+    """Bilinear, wrapping lookup of a periodic [n, n] field at (u, v) in cells (u: columns)."""
     n = field.shape[0]
     u0, v0 = np.floor(u), np.floor(v)
     fu, fv = u - u0, v - v0
-    i0, j0 = v0.astype(np.int64) % n, u0.astype(np.int64) % n
-    i1, j1 = (i0 + 1) % n, (j0 + 1) % n
-    top = field[i0, j0] * (1 - fu) + field[i0, j1] * fu
-    bottom = field[i1, j0] * (1 - fu) + field[i1, j1] * fu
-    return top * (1 - fv) + bottom * fv
+    j0, i0 = u0.astype(np.int32) % n, v0.astype(np.int32) % n
+    j1, i1 = (j0 + 1) % n, ((i0 + 1) % n) * n
+    i0 *= n
+    flat = field.ravel()
+    a, b, c, d = (np.take(flat, i + j) for i, j in ((i0, j0), (i0, j1), (i1, j0), (i1, j1)))
+    top = a + (b - a) * fu
+    return top + (c + (d - c) * fu - top) * fv
 
 
 def _segment_distance(x: np.ndarray, y: np.ndarray, points) -> np.ndarray:
-    """Distance from every pixel to a polyline given as [(x, y), ...]."""
-    d = np.full(x.shape, np.inf)
+    """Distance from every pixel to a polyline [(x, y), ...]."""
+    d = None
     for (ax, ay), (bx, by) in zip(points[:-1], points[1:]):
         ex, ey = bx - ax, by - ay
         h = np.clip(((x - ax) * ex + (y - ay) * ey) / (ex * ex + ey * ey), 0.0, 1.0)
-        d = np.minimum(d, np.hypot(x - ax - h * ex, y - ay - h * ey))
+        di = np.hypot(x - ax - h * ex, y - ay - h * ey)
+        d = di if d is None else np.minimum(d, di)
     return d
 
 
 @dataclasses.dataclass(frozen=True)
 class _Hemithorax:
-    """Geometry of one lung field in lateral coordinates t = s * x (s = -1 right, +1 left)."""
+    """One lung field in lateral coordinates t = s * x (s = -1: patient right, image left)."""
 
     s: int
-    apex: float  # y of the lung apex
+    apex: float  # y of the apex
     cpa: float  # y of the costophrenic angle
-    dome: float  # y of the top of the diaphragm dome
-    dome_t: float = 0.42  # t of the dome's top
+    dome: float  # y of the top of the hemidiaphragm
+    dome_t: float = 0.45
 
     def cage_sdf(self, t, y):
-        """Approximate signed distance to the inner chest wall (negative inside)."""
+        """About the signed distance to the inner chest wall (negative inside)."""
         q = np.sqrt(((t - _TC) / _TA) ** 2 + ((y - self.cpa) / (self.cpa - self.apex)) ** 2)
-        return np.maximum((q - 1.0) * _TA, 0.09 - t)
+        return np.maximum((q - 1.0) * _TA, 0.08 - t)
 
     def dome_y(self, t):
-        k = (self.cpa + 0.02 - self.dome) / (_TC + _TA - self.dome_t) ** 2
+        k = (self.cpa + 0.015 - self.dome) / (_TC + _TA - self.dome_t) ** 2
         return self.dome + k * (t - self.dome_t) ** 2
 
     def lung_sdf(self, t, y):
-        return np.maximum(self.cage_sdf(t, y), (y - self.dome_y(t)) * 0.6)
+        return np.maximum(self.cage_sdf(t, y), (y - self.dome_y(t)) * 0.5)
 
 
 def _hemithoraces(f: Findings) -> dict[str, _Hemithorax]:
-    lift = 0.07 if f.view == "AP" else 0.0  # supine AP films: lower lung volumes
+    lift = 0.08 if f.view == "AP" else 0.0  # supine AP films: lower lung volumes
     out = {}
-    for side, s, cpa, dome in (("right", -1, 0.44, 0.22), ("left", 1, 0.50, 0.29)):
+    for side, s, cpa, dome in (("right", -1, 0.5, 0.27), ("left", 1, 0.56, 0.34)):
         if f.atelectasis and f.atelectasis.side in (side, "bilateral"):
             dome -= 0.04  # volume loss lifts the hemidiaphragm
-        out[side] = _Hemithorax(s, apex=-0.72 + lift * 0.3, cpa=cpa - lift, dome=dome - lift)
+        out[side] = _Hemithorax(s, apex=-0.8 + lift * 0.3, cpa=cpa - lift, dome=dome - lift)
     return out
 
 
 def _sides(side: str) -> tuple[str, ...]:
     return SIDES if side == "bilateral" else (side,)
+
+
+def _heart(X, Y, e, ctr: float, thorax: dict[str, "_Hemithorax"]):
+    """Heart mask whose horizontal extent is ctr * THORAX_WIDTH (the cardiothoracic ratio).
+
+    As on a film, 36 % of the width lies right of the midline and the rest left; each border
+    bulges out from the mediastinum to its widest point just above the hemidiaphragm and meets
+    it there (the cardiophrenic angles). Enlargement is mostly transverse.
+    """
+    width = ctr * THORAX_WIDTH
+    right_w, left_w = 0.36 * width, 0.64 * width
+    yr, yl = thorax["right"].dome - 0.04, thorax["left"].dome - 0.03
+    hr, hl = 0.4 + 0.3 * (ctr - 0.45), 0.58 + 0.3 * (ctr - 0.45)
+    x_right = -right_w * np.clip(1 - (np.minimum(Y - yr, 0) / hr) ** 2, 0, 1) ** 0.7
+    x_left = left_w * np.clip(1 - (np.minimum(Y - yl, 0) / hl) ** 2, 0, 1) ** 0.8
+    return _step((X - x_right) / e) * _step((x_left - X) / e) * _step((Y - (yl - hl)) / e)
 
 
 def render_with_masks(findings: Findings, resolution: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -365,193 +385,210 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
     # Every random number is drawn up front in a fixed order, so removing one finding from a
     # study changes nothing else in its picture.
     theta = np.deg2rad(rng.uniform(-3.0, 3.0))
-    dx, dy = rng.uniform(-0.04, 0.04, size=2)
-    scale = rng.uniform(0.9, 1.0)
-    exposure, gamma = rng.uniform(1.8, 2.3), rng.uniform(0.9, 1.15)
-    vessel_field, reticular_field, patch_field = (_noise_field(rng, lo, hi) for lo, hi in ((3, 8), (6, 14), (2, 6)))
+    dx, dy = rng.uniform(-0.04, 0.04), rng.uniform(-0.03, 0.05)
+    scale = rng.uniform(0.92, 1.02)
+    exposure, gamma = rng.uniform(1.7, 2.2), rng.uniform(0.85, 1.15)
+    breast = rng.uniform(0.0, 0.3)
+    vessel_field, fine_field, patch_field = (_noise_field(rng, lo, hi) for lo, hi in ((3, 9), (6, 14), (2, 6)))
     finding_seeds = rng.integers(0, 2**31, size=8)
-    quantum = rng.standard_normal((R, R))
-    mottle = _noise_field(rng, 4, 12)
+    quantum = rng.standard_normal((R, R)).astype(_F)
+    mottle = _noise_field(rng, 3, 10)
 
-    c = (np.arange(R) + 0.5) / R * 2.0 - 1.0
+    c = ((np.arange(R, dtype=_F) + 0.5) / R * 2.0 - 1.0).astype(_F)
     U, V = np.meshgrid(c, c)
-    X = (np.cos(theta) * (U - dx) + np.sin(theta) * (V - dy)) / scale
-    Y = (-np.sin(theta) * (U - dx) + np.cos(theta) * (V - dy)) / scale
-    e = 1.5 / R / scale  # edge softness: about one pixel
+    X = ((np.cos(theta) * (U - dx) + np.sin(theta) * (V - dy)) / scale).astype(_F)
+    Y = ((-np.sin(theta) * (U - dx) + np.cos(theta) * (V - dy)) / scale).astype(_F)
+    e = _F(1.2 / R / scale)  # edge softness: about half a pixel either side
     ap = f.view == "AP"
+    AX = np.abs(X)
 
-    # Body: neck and sloping shoulders at the top, soft tissue thickest in the middle.
-    neck = _step((0.2 - np.abs(X)) / (2 * e))
-    top = neck * -1.2 + (1 - neck) * (-0.9 + 0.16 * ((np.abs(X) - 0.2) / 0.8) ** 2)
-    body = _step((Y - top) / e) * _step((1.0 - np.abs(X)) / e)
-    D = 1.05 * body * np.clip(1.0 - (X / 1.15) ** 2, 0.05, 1.0) ** 0.3
-    arm_gap = np.exp(-(((np.abs(X) - 0.985) / 0.015) ** 2)) * _step((Y + 0.6) / 0.05)
-    D -= 0.25 * arm_gap * body
+    # Soft tissue: neck and sloping shoulders at the top, thickest in the middle.
+    neck = _step((0.22 - AX) / 0.02)
+    top = -1.3 * neck + (1 - neck) * (-0.93 + 0.2 * np.clip((AX - 0.22) / 0.75, 0, 1) ** 2)
+    half_width = 0.95 - 0.1 * ((Y - 0.1) / 1.1) ** 2
+    body = _step((Y - top) / 0.01) * _step((half_width - AX) / 0.01)
+    D = body * np.clip(1.0 - (X / half_width) ** 2, 0.0, 1.0) ** 0.35
 
     masks: dict[str, np.ndarray] = {}
     thorax = _hemithoraces(f)
-    air = np.zeros_like(X)  # aerated lung depth before pathology
+    air = np.zeros_like(X)  # aerated lung depth
     vessels = np.zeros_like(X)
-    replace = np.zeros_like(X)  # fraction of lung air replaced by fluid or tissue (0..1)
+    replace = np.zeros_like(X)  # fraction of lung air replaced by fluid or tissue
     ptx = np.zeros_like(X)
+    fine = np.exp(-((_sample(fine_field, X * 40, Y * 40) / 0.3) ** 2))
     hila = {}
     for side, h in thorax.items():
         t = h.s * X
-        lung = _step(-h.lung_sdf(t, Y) / e)
+        sdf = h.lung_sdf(t, Y)
+        lung = _step(-sdf / e)
         masks[f"lung_{side}"] = lung
-        air += lung * np.clip(0.6 - h.lung_sdf(t, Y) * 3.0, 0.6, 0.85)
-        hx, hy = h.s * 0.2, -0.06 if side == "left" else -0.02
+        depth = np.clip(-sdf * 5.0, 0.0, 1.0) ** 0.5 * (1.0 - breast * np.clip((Y + 0.1) / 0.5, 0, 1))
+        air += lung * (0.5 + 0.25 * depth)
+        hx, hy = h.s * 0.19, -0.1 if side == "left" else -0.06
         hila[side] = (hx, hy)
         rho = np.hypot(X - hx, Y - hy)
         ang = np.arctan2(Y - hy, X - hx)
-        radial = _sample(vessel_field, ang / np.pi * _FIELD * 1.5, np.log(rho + 0.06) * 14.0)
-        fine = _sample(reticular_field, X * 48, Y * 48)
-        vessels += lung * ((np.exp(-((radial / 0.3) ** 2)) * (0.15 + 0.85 * np.exp(-rho / 0.3)))
-                           + 0.25 * np.exp(-((fine / 0.25) ** 2)) * np.exp(-rho / 0.5))
-        D += 0.3 * np.exp(-(rho / 0.07) ** 2)  # hilar vessels
+        # Vessels branch out of the hilum: noise stretched along the radius gives radial ridges.
+        lr = np.log(rho + 0.05)
+        trunk = _sample(vessel_field, ang * (0.6 * _FIELD / np.pi), lr * 6.0)
+        branch = _sample(vessel_field, ang * (1.3 * _FIELD / np.pi) + 17.0, lr * 11.0 + 5.0)
+        near = np.exp(-rho / 0.3) * (1.0 - np.exp(-((rho / 0.1) ** 2)))
+        ridges = np.exp(-((trunk / (0.18 + 0.3 * near)) ** 2)) + 0.6 * np.exp(-((branch / 0.2) ** 2))
+        vessels += lung * (ridges * (0.08 + 0.8 * near) + 0.1 * fine * (0.3 + near))
+        D += 0.3 * np.exp(-((rho / 0.075) ** 2))  # hilar vessels
 
-    # Mediastinum and heart (Wh = ctr * inner thoracic width; 36 % right of midline).
-    Wh = f.ctr * THORAX_WIDTH
-    hxc, hyc = 0.14 * Wh, 0.07 if ap else 0.12
-    ha, hb = Wh / 2, 0.25 + 0.35 * (f.ctr - 0.45)
-    q = np.sqrt(((X - hxc) / ha) ** 2 + ((Y - hyc) / hb) ** 2)
-    heart = _step((1.0 - q) * ha / e)
+    # Mediastinum and heart.
+    heart = _heart(X, Y, e, f.ctr, thorax)
     masks["heart"] = heart
-    upper = _step((0.1 - np.abs(X - 0.01)) / e) * _step((0.0 - Y) / 0.05)
-    knob = _step((0.075 - np.hypot(X - 0.12, Y + 0.33)) / e)
+    width = 0.1 + 0.05 * np.clip((Y + 0.6) / 0.5, 0, 1)
+    upper = _step((width - np.abs(X - 0.01)) / e) * _step((0.1 - Y) / 0.05)
+    knob = _step((0.07 - np.hypot(X - 0.11, Y + 0.36)) / e)
     mediastinum = np.maximum(np.maximum(heart, upper), knob)
-    D += 0.35 * heart * np.sqrt(np.clip(1 - q**2, 0, 1)) + 0.15 * mediastinum
+    D += 0.06 * mediastinum
     air *= 1.0 - mediastinum
+    D -= 0.04 * _step((0.2 - np.abs(X + 0.16)) / 0.05) * _step((-0.4 - Y) / 0.05) * (1 - mediastinum)  # SVC edge
 
-    # Findings that change the air content of the lungs.
-    frng = [np.random.default_rng(int(x)) for x in finding_seeds]
+    rngs = [np.random.default_rng(int(x)) for x in finding_seeds]
     if f.effusion:
-        level = {"small": 0.13, "moderate": 0.32, "large": 0.55}[f.effusion.size]
+        level = {"small": 0.12, "moderate": 0.3, "large": 0.55}[f.effusion.size]
         total = np.zeros_like(X)
         for side in _sides(f.effusion.side):
             h = thorax[side]
             t = h.s * X
-            surface = h.cpa - level * (h.cpa - h.apex) - 0.12 * (0.5 + level) * np.clip((t - 0.1) / 0.76, 0, 1) ** 2
+            lateral = np.clip((t - 0.1) / 0.74, 0, 1) ** 2  # the meniscus climbs the lateral wall
+            surface = h.cpa - level * (h.cpa - h.apex) - 0.2 * (0.4 + level) * lateral
             fluid = _step((Y - surface) / 0.02) * _step(-h.cage_sdf(t, Y) / e)
             masks[f"effusion_{side}"] = fluid
-            total = np.maximum(total, fluid * (0.8 + 0.2 * np.clip((Y - surface) / 0.2, 0, 1)))
-        replace = np.maximum(replace, total * (0.7 if f.effusion.hedged else 1.0))
-        D += 0.12 * total
+            total = np.maximum(total, fluid * (0.85 + 0.15 * np.clip((Y - surface) / 0.15, 0, 1)))
+        total *= 0.75 if f.effusion.hedged else 1.0
+        replace = np.maximum(replace, total)
+        D += 0.15 * total
     if f.pneumothorax:
         side = f.pneumothorax.side
         h = thorax[side]
         t = h.s * X
-        gap = {"small": 0.07, "moderate": 0.15, "large": 0.3}[f.pneumothorax.size]
-        k = 1.0 - gap
-        at, ay = 0.16, h.dome  # the lung collapses toward its medial base
-        shrunk_sdf = k * h.lung_sdf(at + (t - at) / k, ay + (Y - ay) / k)
+        k = 1.0 - {"small": 0.07, "moderate": 0.15, "large": 0.3}[f.pneumothorax.size]
+        at, ay = 0.14, h.dome  # the lung collapses toward its medial base
+        # Only lateral and apical parts retract: the hilum and base stay attached.
+        shrunk_sdf = k * h.lung_sdf(at + np.maximum(t - at, 0) / k + np.minimum(t - at, 0), ay + np.minimum(Y - ay, 0) / k + np.maximum(Y - ay, 0))
         shrunk = _step(-shrunk_sdf / e)
         ptx = masks[f"lung_{side}"] * (1 - shrunk)
         masks["pneumothorax"] = ptx
-        D += 0.1 * np.exp(-((shrunk_sdf / (0.6 * e + 0.004)) ** 2)) * masks[f"lung_{side}"]  # pleural line
-        replace = np.maximum(replace, 0.25 * gap / 0.3 * shrunk * (h.s * X > 0))
+        D += 0.12 * np.exp(-((shrunk_sdf / (0.7 * e + 0.003)) ** 2)) * masks[f"lung_{side}"]  # visceral pleura
+        replace = np.maximum(replace, 0.8 * (1 - k) * shrunk * masks[f"lung_{side}"])
     if f.opacity:
-        r = frng[0]
+        r = rngs[0]
         total = np.zeros_like(X)
-        patch = 0.6 + 0.4 * _sample(patch_field, X * 10, Y * 10)
         for side in _sides(f.opacity.side):
             h = thorax[side]
             tc = r.uniform(0.4, 0.62)
-            yc = {"upper": r.uniform(-0.52, -0.36), "middle": r.uniform(-0.24, -0.06), "lower": h.dome - r.uniform(0.1, 0.18)}[f.opacity.zone]
-            sx, sy = r.uniform(0.12, 0.18), r.uniform(0.09, 0.13)
+            yc = {"upper": r.uniform(-0.55, -0.38), "middle": r.uniform(-0.22, -0.05), "lower": h.dome - r.uniform(0.1, 0.16)}[f.opacity.zone]
+            sx, sy = r.uniform(0.15, 0.21), r.uniform(0.11, 0.15)
             total = np.maximum(total, np.exp(-(((h.s * X - tc) / sx) ** 2 + ((Y - yc) / sy) ** 2)))
-        amp = (0.95 if f.opacity.kind == "consolidation" else 0.6) * (0.65 if f.opacity.hedged else 1.0)
-        op = np.clip(total * patch * amp * 1.4, 0, amp)
-        if f.opacity.kind == "consolidation":  # air bronchograms
-            op *= 1.0 - 0.4 * np.exp(-((_sample(reticular_field, X * 20 + 7, Y * 20) / 0.2) ** 2)) * (total > 0.5)
+        dense = f.opacity.kind == "consolidation"
+        amp = (0.95 if dense else 0.65) * (0.6 if f.opacity.hedged else 1.0)
+        op = np.clip(total * (0.7 + 0.3 * _sample(patch_field, X * 10, Y * 10)) * 1.8, 0, 1) * amp
+        if dense:  # air bronchograms: branching lucencies inside the consolidation
+            bronchi = np.exp(-((_sample(fine_field, X * 18 + 7, Y * 18) / 0.18) ** 2))
+            op *= 1.0 - 0.35 * bronchi * _step((total - 0.5) / 0.1)
         masks["opacity"] = op
         replace = np.maximum(replace, op)
     if f.nodule:
-        r = frng[1]
+        r = rngs[1]
         h = thorax[f.nodule.side]
-        tc = r.uniform(0.38, 0.62)
-        yc = {"upper": r.uniform(-0.5, -0.32), "middle": r.uniform(-0.24, -0.06), "lower": h.dome - r.uniform(0.14, 0.2)}[f.nodule.zone]
+        tc = r.uniform(0.38, 0.6)
+        yc = {"upper": r.uniform(-0.52, -0.34), "middle": r.uniform(-0.22, -0.05), "lower": h.dome - r.uniform(0.14, 0.2)}[f.nodule.zone]
         rad = f.nodule.size_mm / 2 * _MM
-        rho, ang = np.hypot(h.s * X - tc, Y - yc), np.arctan2(Y - yc, h.s * X - tc)
-        if f.nodule.kind == "mass":
+        t = h.s * X
+        rho, ang = np.hypot(t - tc, Y - yc), np.arctan2(Y - yc, t - tc)
+        if f.nodule.kind == "mass":  # lobulated outline
             rad = rad * (1 + 0.1 * np.sin(3 * ang + r.uniform(0, 6.3)) + 0.05 * np.sin(5 * ang))
-        nod = _step((rad - rho) / e) * (0.55 if f.nodule.hedged else 1.0)
+        nod = _step((rad - rho) / (e + 0.004)) * (0.6 if f.nodule.hedged else 1.0)
         masks["nodule"] = nod
         replace = np.maximum(replace, 0.9 * nod)
-        D += 0.15 * nod * np.sqrt(np.clip(1 - (rho / rad) ** 2, 0, 1))
+        D += 0.12 * nod * np.sqrt(np.clip(1 - (rho / rad) ** 2, 0, 1))
     if f.edema:
-        amp = {"mild": 0.35, "moderate": 0.55}[f.edema.severity] * (0.7 if f.edema.hedged else 1.0)
-        w = sum(np.exp(-((np.hypot(X - hx, Y - hy) / 0.45) ** 2)) for hx, hy in hila.values())
-        reticular = np.exp(-((_sample(reticular_field, X * 30 + 3, Y * 30) / 0.35) ** 2))
-        ed = np.clip(amp * w * (0.75 + 0.25 * reticular), 0, 1)
+        amp = {"mild": 0.4, "moderate": 0.6}[f.edema.severity] * (0.75 if f.edema.hedged else 1.0)
+        w = sum(np.exp(-((np.hypot(X - hx, Y - hy) / 0.42) ** 2)) for hx, hy in hila.values())
+        ed = np.clip(amp * w * (0.85 + 0.15 * fine) + 0.1 * amp * fine, 0, 1)  # perihilar haze + interstitium
         masks["edema"] = ed
         replace = np.maximum(replace, ed)
-        vessels *= 1.0 - 0.6 * w / w.max()  # indistinct vessels
+        vessels *= 1.0 - 0.5 * np.clip(w, 0, 1)  # indistinct vessels
     if f.atelectasis:
-        r = frng[2]
+        r = rngs[2]
         total = np.zeros_like(X)
         for side in _sides(f.atelectasis.side):
             h = thorax[side]
             t = h.s * X
             for _ in range(1 + int(r.random() < 0.5)):
-                y0, slope = h.dome - r.uniform(0.08, 0.2), r.uniform(-0.12, 0.12)
-                band = np.exp(-(((Y - y0 - slope * (t - 0.5)) / 0.014) ** 2))
-                total = np.maximum(total, band * _step((t - 0.3) / 0.05) * _step((0.8 - t) / 0.05))
+                y0, slope = h.dome - r.uniform(0.07, 0.18), r.uniform(-0.12, 0.12)
+                band = np.exp(-(((Y - y0 - slope * (t - 0.5)) / 0.013) ** 2))
+                total = np.maximum(total, band * _step((t - 0.28) / 0.05) * _step((0.78 - t) / 0.05))
         at = total * (0.6 if f.atelectasis.hedged else 0.95)
         masks["atelectasis"] = at
         replace = np.maximum(replace, at)
 
-    air_left = air * (1.0 - np.clip(replace, 0, 1))
-    D -= 0.8 * air_left
-    D += 0.22 * vessels * (1.0 - ptx) * (1.0 - 0.7 * replace) * (1.0 - mediastinum)
-    D -= 0.1 * ptx
+    aerated = air * (1.0 - np.clip(replace, 0, 1))
+    D -= 0.85 * aerated
+    markings = 0.3 * vessels * (1.0 - ptx) * (1.0 - replace) * (1.0 - mediastinum)
+    masks["markings"] = markings
+    D += markings
+    D -= 0.08 * ptx
+    gas = _step((1.0 - np.hypot((X - 0.42) / 0.11, (Y - thorax["left"].dome - 0.11) / 0.06)) * 0.06 / 0.02)
+    D -= 0.3 * gas * body  # gastric bubble under the left hemidiaphragm
     D = _bones_and_airway(D, X, Y, e, ap, thorax)
     D = _devices(D, X, Y, e, f.devices, masks)
 
     # Exposure, detector response and noise.
-    gas = _step(-np.hypot((X - 0.45) / 0.12, (Y - thorax["left"].dome - 0.12) / 0.07) + 1.0)
-    D -= 0.35 * gas * body
     P = 1.0 - np.exp(-exposure * np.maximum(D, 0.0))
-    P = np.clip(P, 0, 1) ** gamma
-    P += (0.012 + 0.006 * ap) * quantum + 0.012 * _sample(mottle, U * 8, V * 8)
+    P = np.clip((P - 0.04) / 0.94, 0, 1) ** gamma
+    P += (0.012 + 0.008 * ap) * quantum + 0.01 * _sample(mottle, U * 6, V * 6)
     image = np.clip(P * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return image, masks
 
 
 def _bones_and_airway(D, X, Y, e, ap: bool, thorax: dict[str, _Hemithorax]):
-    """Spine, trachea, clavicles, ribs and (on AP films) the scapulae over the lungs."""
-    vert = 0.75 + 0.25 * np.cos(2 * np.pi * (Y + 1) / 0.09) ** 8
-    D = D + 0.28 * _step((0.07 - np.abs(X)) / e) * vert
-    D += 0.08 * sum(_step((0.02 - np.hypot(X - sx, (Y % 0.09) - 0.045)) / e) for sx in (-0.055, 0.055))
-    trachea = _step((0.032 - np.abs(X)) / e) * _step((-0.2 - Y) / e)
-    bronchi = sum(_step((0.02 - _segment_distance(X, Y, [(0.0, -0.2), (s * 0.17, -0.05)])) / e) for s in (-1, 1))
-    D -= 0.25 * np.clip(trachea + bronchi, 0, 1)
+    """Spine, trachea, clavicles, ribs and the scapulae."""
+    AX = np.abs(X)
+    spine = _step((0.075 - AX) / e)
+    endplates = np.cos(np.pi * (Y + 1) / 0.085) ** 8
+    pedicles = np.exp(-(((AX - 0.05) / 0.015) ** 2 + ((np.mod(Y + 1, 0.085) - 0.03) / 0.015) ** 2))
+    D = D + spine * (0.08 + 0.05 * endplates + 0.06 * pedicles)
+    trachea = _step((0.03 + 0.005 * Y - AX) / e) * _step((-0.22 - Y) / e)
+    bronchi = sum(_step((0.018 - _segment_distance(X, Y, [(0.0, -0.22), (s * 0.16, -0.08)])) / e) for s in (-1, 1))
+    D -= 0.22 * np.clip(trachea + bronchi, 0, 1)
     lift = -0.07 if ap else 0.0
     for s in (-1, 1):
         h = thorax["right" if s < 0 else "left"]
         t = s * X
-        pts = [(s * 0.07, -0.64 + lift), (s * 0.35, -0.7 + lift), (s * 0.7, (-0.74 if ap else -0.82) + lift)]
+        pts = [(s * 0.08, -0.68 + lift), (s * 0.3, -0.72 + lift), (s * 0.5, -0.73 + lift), (s * 0.74, (-0.76 if ap else -0.86) + lift)]
         dist = _segment_distance(X, Y, pts)
-        D += 0.4 * _step((0.03 - dist) / e) * (0.7 + 0.3 * _step((dist - 0.018) / e))
-        cage = _step((0.05 - h.cage_sdf(t, Y)) / (4 * e)) * _step((t - 0.04) / 0.03)
-        phi = (Y - 0.42 * (t - 0.2) ** 2 + 0.82) / 0.112  # posterior ribs arch down laterally
-        frac = np.abs(phi - np.floor(phi) - 0.17)
-        rib = _step((0.16 - frac) * 0.112 / e) * (0.65 + 0.35 * _step((frac - 0.1) * 0.112 / e))
-        D += 0.3 * rib * cage * _step(phi / 0.3) * _step((10.5 - phi) / 0.3)
-        phia = (Y - 0.38 * (0.9 - t) + 0.95) / 0.16  # anterior ribs slope down medially
-        fa = np.abs(phia - np.floor(phia) - 0.15)
-        D += 0.1 * _step((0.13 - fa) * 0.16 / e) * cage * _step((t - 0.2) / 0.05) * _step(phia) * _step(6 - phia)
-        sc_t = 0.8 if ap else 0.98
-        scap = _step((1.0 - np.hypot((t - sc_t) / 0.15, (Y + 0.42) / 0.36)) * 0.15 / e)
-        D += 0.16 * scap
+        width = 0.026 + 0.008 * np.clip(1 - np.abs(t - 0.4) / 0.35, 0, 1)
+        D += _step((width - dist) / e) * (0.25 + 0.15 * _step((dist - width + 0.008) / e))
+        cage = _step((0.06 - h.cage_sdf(t, Y)) / 0.03) * _step((t - 0.06) / 0.03)
+        # Posterior ribs arch up from the spine and run down laterally; spacing widens caudally.
+        phi = (Y + 0.9 + 0.12 * t - 1.1 * np.maximum(t - 0.3, 0) ** 2) / 0.1
+        phi = phi - 0.015 * phi**2
+        frac = phi - np.floor(phi)
+        band = _step((0.32 - np.abs(frac - 0.2)) * 0.1 / e - 0.5) * _step((frac - 0.0) * 0.1 / e)
+        cortex = np.exp(-(((frac - 0.5) * 0.1 / 0.006) ** 2)) + np.exp(-(((frac + 0.0 - 0.02) * 0.1 / 0.006) ** 2))
+        ribs = (0.07 * band + 0.05 * cortex) * cage * _step(phi / 0.3) * _step((11.0 - phi) / 0.3)
+        # Anterior ribs: faint, sloping down medially.
+        phia = (Y + 1.0 - 0.4 * (0.9 - t)) / 0.17
+        fa = phia - np.floor(phia)
+        ribs += 0.045 * _step((0.25 - np.abs(fa - 0.3)) * 0.17 / e) * cage * _step((t - 0.2) / 0.05) * _step(phia) * _step(5.5 - phia)
+        D += ribs
+        sc_t = 0.78 if ap else 0.96
+        scap = _step((1.0 - np.hypot((t - sc_t) / 0.15, (Y + 0.45) / 0.35)) * 0.15 / (2 * e))
+        D += 0.12 * scap
     return D
 
 
 _DEVICE_PATHS = {
-    "endotracheal tube": [(0.0, -1.1), (0.0, -0.36)],
-    "central venous catheter": [(-0.32, -1.1), (-0.2, -0.74), (-0.08, -0.46), (-0.05, -0.12)],
-    "nasogastric tube": [(0.03, -1.1), (0.03, -0.3), (0.08, 0.3), (0.35, 0.56), (0.48, 0.52)],
-    "pacemaker": [(0.5, -0.6), (0.2, -0.45), (-0.03, -0.22), (-0.02, 0.12), (0.12, 0.28)],
+    "endotracheal tube": [(0.0, -1.1), (0.0, -0.38)],
+    "central venous catheter": [(-0.34, -1.1), (-0.22, -0.74), (-0.1, -0.46), (-0.07, -0.16)],
+    "nasogastric tube": [(0.03, -1.1), (0.03, -0.3), (0.08, 0.3), (0.32, 0.6), (0.46, 0.56)],
+    "pacemaker": [(0.5, -0.6), (0.22, -0.46), (-0.04, -0.24), (-0.03, 0.1), (0.1, 0.26)],
 }
 
 
@@ -560,15 +597,15 @@ def _devices(D, X, Y, e, devices: tuple[str, ...], masks: dict[str, np.ndarray])
     total = np.zeros_like(X)
     for name in devices:
         dist = _segment_distance(X, Y, _DEVICE_PATHS[name])
-        if name == "endotracheal tube":  # two walls and a radiopaque stripe
-            line = 0.5 * _step((0.006 - np.abs(dist - 0.022)) / e) + _step((0.006 - np.abs(X - 0.008)) / e) * _step((0.024 - dist) / e)
+        if name == "endotracheal tube":  # faint walls and a radiopaque stripe
+            line = 0.4 * _step((0.005 - np.abs(dist - 0.02)) / e) + _step((0.006 - np.abs(X - 0.008)) / e) * _step((0.022 - dist) / e)
         elif name == "pacemaker":
-            box = _step((0.08 - np.abs(X - 0.56)) / e) * _step((0.055 - np.abs(Y + 0.64)) / e)
-            line = np.maximum(box * 1.5, _step((0.006 - dist) / e))
+            box = _step((0.075 - np.abs(X - 0.56)) / e) * _step((0.05 - np.abs(Y + 0.64)) / e)
+            line = np.maximum(1.6 * box, _step((0.006 - dist) / e))
         else:
-            line = _step(((0.007 if name == "central venous catheter" else 0.01) - dist) / e)
+            line = _step(((0.006 if name == "central venous catheter" else 0.009) - dist) / e)
         total = np.maximum(total, line)
-    masks["devices"] = total
+    masks["devices"] = np.clip(total, 0, 1)
     return D + 1.5 * total
 
 
