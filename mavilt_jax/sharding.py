@@ -62,19 +62,19 @@ def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> Partitio
 def logical_shardings(abstract_tree: PyTree, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> PyTree:
     """NamedShardings for a (possibly boxed) abstract tree; leaves without names are replicated.
 
-    Returns a tree of the UNBOXED structure (plain arrays), matching ``nn.unbox(tree)``.
+    Returns a tree of the UNBOXED structure (plain arrays), matching ``nn.unbox(tree)``. A box may
+    hold a subtree rather than one array (optax's masked states put ``MaskedNode`` in boxes); every
+    array inside takes the box's spec.
     """
-    specs = nn.get_partition_spec(abstract_tree)
-    mesh_specs = nn.logical_to_mesh(specs, rules)
-    shapes = nn.unbox(abstract_tree)
 
-    def to_sharding(spec, leaf):
-        spec = spec if isinstance(spec, PartitionSpec) else PartitionSpec()
-        return NamedSharding(mesh, _fit_spec(spec, getattr(leaf, "shape", ()), mesh))
+    def shard(x):
+        if isinstance(x, nn.meta.AxisMetadata):
+            names = x.get_partition_spec() if hasattr(x, "get_partition_spec") else PartitionSpec()
+            spec = nn.logical_to_mesh_axes(tuple(names), rules) if isinstance(x, nn.LogicallyPartitioned) else names
+            return jax.tree.map(lambda leaf: NamedSharding(mesh, _fit_spec(spec, leaf.shape, mesh)), getattr(x, "value", None))
+        return NamedSharding(mesh, PartitionSpec())
 
-    treedef = jax.tree.structure(shapes)
-    leaves = [to_sharding(spec, leaf) for spec, leaf in zip(treedef.flatten_up_to(mesh_specs), treedef.flatten_up_to(shapes))]
-    return jax.tree.unflatten(treedef, leaves)
+    return jax.tree.map(shard, abstract_tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -108,6 +108,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # ==== Stage ==================================================================================
     stage = get_stage_class(config.stage)(config)
+    stage.setup(workdir)
 
     # ==== Mesh ===================================================================================
     mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
@@ -143,9 +144,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.info("Resuming from step %d of %s.", latest, workdir)
         state = ckpt.restore(latest, abstract_state, train_iter)
     else:
+        # No mesh in context here: out_shardings place the result, and flax's DenseGeneral would
+        # apply its (reshaped) kernel's logical constraint to the flat initialiser output.
         init_fn = jax.jit(lambda r: nn.unbox(stage.init_state(r)), out_shardings=state_shardings)
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            state = init_fn(init_rng)
+        state = init_fn(init_rng)
         if config.get("init_from"):
             logging.info("Initialising parameters from %s.", config.init_from)
             state = state.replace(params=checkpointing.load_subtree(config.init_from, "params", abstract_state.params))
@@ -179,7 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         for i, local in enumerate(batches):
             if config.get("eval_max_batches") and i >= config.eval_max_batches:
                 break
-            with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            with nn.logical_axis_rules(rules):
                 m = jax.device_get(eval_step(state, sharding.make_global_batch(local, mesh)))
             w = float(m.pop("_weight"))
             weight += w
@@ -199,7 +201,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         while step < total_steps:
             with report_progress.timed("data", wait_jax_async_dispatch=False):
                 batch = sharding.make_global_batch(next(train_iter), mesh)
-            with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            # Parameter and batch shardings drive the partitioning (GSPMD propagation). The mesh is
+            # not put in context: flax's DenseGeneral applies a 3-axis kernel constraint to its
+            # flat initialiser output under a mesh, so activation constraints stay off for now.
+            with nn.logical_axis_rules(rules):
                 state, measurements = update_step(state, batch, train_rng)
             step += 1
             measurements = jax.device_get(measurements)

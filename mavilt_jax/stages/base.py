@@ -9,6 +9,7 @@ and the one train step.
 
 Contract (all functions are pure and traceable unless stated otherwise):
 
+- ``setup(workdir)`` (optional): host code run first; files the stage keeps beside its checkpoints.
 - ``data_source(split)`` (optional): a stage-made random-access source instead of ``config.data``.
 - ``preprocess(example, rng)``: numpy in, numpy out, runs in grain workers; fixed shapes so that
   batches stack. ``rng`` is a ``np.random.Generator`` seeded per (seed, record index), so the data
@@ -65,6 +66,14 @@ class Stage(abc.ABC):
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
+
+    # ---- host setup -----------------------------------------------------------------------------
+    def setup(self, workdir: str) -> None:
+        """Host code, called once by the loop before anything else: build or load what the stage
+        keeps beside its checkpoints (a trained text tokenizer, the extended vocabulary). Reuses
+        what an earlier run left in ``workdir``, so a resumed run sees the same files. Nothing by
+        default."""
+        return None
 
     # ---- data (host, numpy) ------------------------------------------------------------------
     @abc.abstractmethod

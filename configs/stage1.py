@@ -1,0 +1,63 @@
+"""Stage 1, multimodal pretraining on image-report pairs in both directions (Eq. 5-7, 11-12).
+
+  python -m mavilt_jax.main --config=configs/stage1.py:runlocal,text=/tmp/mavilt/text_pretrain,tokenizer=/tmp/mavilt/tokenizer --workdir=/tmp/mavilt/stage1
+
+Variants: ``runlocal``; ``model=cpu|smollm2|1b|7b``; ``text=DIR`` (text-pretraining workdir: the
+LLM and its tokenizer; otherwise ``model.pretrained``); ``tokenizer=DIR`` (VQ-GAN workdir);
+``phi=DIR`` (CXR encoder workdir, for lambda_feat > 0); ``recon=W`` (lambda_recon), ``reg=W``
+(lambda_reg); ``steps=N``; ``res=64|128`` (synthetic_cxr resolution).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def vqgan_block(image_size: int = 64) -> ml_collections.ConfigDict:
+    """VQ-GAN shape used only when no tokenizer checkpoint is given (tests): runlocal tokenizer's."""
+    return ml_collections.ConfigDict(dict(
+        model=dict(image_size=image_size, image_channels=1, base_channels=16, channel_multipliers=(1, 2, 2, 4),
+                   num_res_blocks=1, attention=True, embedding_dim=32, codebook_size=256, code_dim=8,
+                   commitment_cost=0.25, norm_groups=8)))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, runlocal=False, model="cpu", text="", tokenizer="", phi="", recon=-1.0, reg=-1.0,
+                           steps=0, res=0)
+    config = common.base_config(stage="stage1")
+    config.model = common.llm_config(arg.model)
+    if arg.text:
+        config.model.pretrained = ""  # the text-pretrained LLM comes from text_checkpoint
+    config.text_checkpoint = arg.text
+    config.tokenizer_checkpoint = arg.tokenizer
+    config.phi_checkpoint = arg.phi
+    config.vqgan = vqgan_block(arg.res or 64)
+    res = arg.res or (64 if arg.runlocal else 128)
+    config.data = common.data_config("synthetic_cxr", "r64_small" if res <= 64 else "r128")
+    config.sequence = ml_collections.ConfigDict(dict(
+        max_len=384, cond_drop_prob=0.1, report_section="both", use_chat_template=True))
+    config.loss = ml_collections.ConfigDict(dict(
+        lambda_reg=1e-4, lambda_recon=0.1, lambda_grad=1.0, lambda_feat=0.1 if arg.phi else 0.0))
+    config.total_steps = 20_000
+    config.batch_size = 32
+    config.optimizer = common.optimizer_config(learning_rate=3e-4, warmup_steps=500)
+    config.eval_every_steps = 1000
+    config.eval_max_batches = 20
+
+    if arg.runlocal:
+        config = common.runlocal(config)
+        config.sequence.max_len = 224  # ~130 report tokens + 64 codes + markers
+        config.batch_size = 8
+        config.total_steps = 200
+        config.optimizer = common.optimizer_config(learning_rate=1e-3, warmup_steps=20)
+        config.eval_every_steps = 100
+        config.eval_max_batches = 2
+    if arg.recon >= 0:
+        config.loss.lambda_recon = arg.recon
+    if arg.reg >= 0:
+        config.loss.lambda_reg = arg.reg
+    if arg.steps:
+        config.total_steps = arg.steps
+    return config

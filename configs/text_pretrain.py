@@ -1,0 +1,42 @@
+"""Text pretraining of the LLM on report text (synthetic reports, plus IU X-ray when given).
+
+  python -m mavilt_jax.main --config=configs/text_pretrain.py:runlocal --workdir=/tmp/mavilt/text_pretrain
+
+Variants: ``runlocal`` (CPU minutes); ``model=cpu|tiny|smollm2|1b|7b`` (smollm2 continues the
+imported SmolLM2-135M with its own tokenizer); ``iu=PATH`` (indiana_reports.csv); ``steps=N``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, runlocal=False, model="cpu", iu="", steps=0)
+    config = common.base_config(stage="text_pretrain")
+    config.model = common.llm_config(arg.model)
+    config.text = ml_collections.ConfigDict(dict(
+        num_synthetic=20_000, synthetic_seed=0, bpe_vocab_size=2048, iu_reports_csv=arg.iu,
+        validation_fraction=0.05))
+    config.sequence = ml_collections.ConfigDict(dict(max_len=160))
+    config.loss = ml_collections.ConfigDict(dict(lambda_reg=0.0, lambda_recon=0.0))
+    config.total_steps = 20_000
+    config.batch_size = 64
+    config.optimizer = common.optimizer_config(learning_rate=1e-3, warmup_steps=500)
+    config.eval_every_steps = 1000
+    config.eval_max_batches = 20
+
+    if arg.runlocal:
+        config = common.runlocal(config)
+        config.text.num_synthetic = 1500
+        config.text.bpe_vocab_size = 512
+        config.sequence.max_len = 128
+        config.batch_size = 16
+        config.total_steps = 300
+        config.optimizer = common.optimizer_config(learning_rate=3e-3, warmup_steps=30)
+        config.eval_every_steps = 100
+    if arg.steps:
+        config.total_steps = arg.steps
+    return config
