@@ -284,3 +284,15 @@ def test_smollm2_chat_prompts_equal_transformers_chat_template():
     out = builder.instruction("report", T.templates("report")[0], codes=np.arange(16), response=REPORTS[0])
     assert vocab.decode_text(_scored(out)) == REPORTS[0]
     assert _scored(out)[-1] == hf.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_builder_pickles_for_grain_workers(chat):
+    import pickle
+
+    builder = S.SequenceBuilder(chat, S.SequenceConfig(max_len=128, task_weights={"report": 1.0, "vqa": 0.0}))
+    clone = pickle.loads(pickle.dumps(builder))
+    example = {"findings": REPORTS[0], "impression": "Normal."}
+    a = builder.stage2_example(example, CODES, np.random.default_rng(5))
+    b = clone.stage2_example(example, CODES, np.random.default_rng(5))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert a["task_id"] == T.TASKS.index("report")
