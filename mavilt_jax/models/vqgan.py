@@ -102,7 +102,7 @@ class AttnBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         B, h, w, C = x.shape
         y = _norm(C, self.norm_groups)(x).reshape(B, h * w, C)
-        y = nn.SelfAttention(num_heads=1, qkv_features=C, out_features=C)(y)
+        y = nn.MultiHeadDotProductAttention(num_heads=1, qkv_features=C, out_features=C)(y)
         return x + y.reshape(B, h, w, C)
 
 
@@ -264,3 +264,30 @@ class VQGAN(nn.Module):
 
     def decoder_codebook(self) -> jax.Array:  # [K, D]: each code as the decoder receives it
         return self.quantizer.from_lookup_space(self.quantizer.get_codebook())
+
+
+def to_model_range(images: Any, size: int | None = None) -> Any:
+    """uint8 radiographs [..., R, R, 1] -> float32 in [-1, 1], resized to ``size`` (numpy, host).
+
+    Bilinear resizing (PIL) when ``size`` differs from R, so one tokenizer reads any resolution.
+    """
+    import numpy as np
+    from PIL import Image
+
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images, got {images.dtype}")
+    if size is not None and images.shape[-2] != size:
+        flat = images.reshape((-1,) + images.shape[-3:])
+        flat = np.stack(
+            [np.asarray(Image.fromarray(im[..., 0]).resize((size, size), Image.BILINEAR))[..., None] for im in flat]
+        )
+        images = flat.reshape(images.shape[:-3] + flat.shape[-3:])
+    return images.astype(np.float32) / 127.5 - 1.0
+
+
+def to_uint8(images: Any) -> Any:
+    """float images in [-1, 1] -> uint8 [0, 255] (numpy, host), clipping what falls outside."""
+    import numpy as np
+
+    return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)

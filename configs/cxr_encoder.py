@@ -1,0 +1,42 @@
+"""phi: the CXR classifier on the 14 CheXpert observations (Eq. 4's feature extractor).
+
+  python -m mavilt_jax.main --config=configs/cxr_encoder.py:runlocal --workdir=/tmp/mavilt/cxr_encoder
+
+Variants: ``runlocal`` (CPU, 64 px, small widths); ``res=128``; ``independent`` (the second,
+independently trained network used only for measuring finding preservation: plain CNN, other
+seed); ``arch=plain|resnet``; ``steps=N``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, runlocal=False, res=0, independent=False, arch="resnet", steps=0)
+    config = common.base_config(stage="cxr_encoder")
+    res = arg.res or (64 if arg.runlocal else 256)
+    config.data = common.data_config("synthetic_cxr", "r64_small" if res <= 64 else "r128")
+    config.total_steps = 5_000
+    config.batch_size = 64
+    config.optimizer = common.optimizer_config(learning_rate=1e-3, warmup_steps=200)
+    config.model = ml_collections.ConfigDict(dict(
+        image_size=res, arch="plain" if arg.independent else arg.arch, widths=(32, 64, 128, 256), norm_groups=16))
+    config.absent_as_negative = True
+    config.augment_shift = 4
+    config.seed = 1 if arg.independent else 0
+    config.sample_every_steps = 1000
+
+    if arg.runlocal:
+        config = common.runlocal(config)
+        config.batch_size = 16
+        config.total_steps = 300
+        config.optimizer = common.optimizer_config(learning_rate=2e-3, warmup_steps=20)
+        config.model.widths = (16, 32, 64, 64)
+        config.model.norm_groups = 8
+        config.sample_every_steps = 0
+    if arg.steps:
+        config.total_steps = arg.steps
+    return config
