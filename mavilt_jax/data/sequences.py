@@ -159,7 +159,8 @@ class SequenceBuilder:
         """
         content = ("" if codes is None else _IMAGE + "\n") + instruction
         if self._chat:
-            messages = [] if self.config.system_prompt is None else [{"role": "system", "content": self.config.system_prompt}]
+            system = self.config.system_prompt
+            messages = [] if system is None else [{"role": "system", "content": system}]
             messages.append({"role": "user", "content": content})
             rendered = self.vocab.render_chat(messages, add_generation_prompt=True)
             chunks = []  # a chat template writes its own BOS
@@ -229,7 +230,9 @@ class SequenceBuilder:
         chunks = self._report_to_image_chunks(report, uncond) + [_Chunk(span[:1]), _Chunk(span[1:], scored=True)]
         return self._arrays(chunks)
 
-    def stage1_example(self, example: Mapping[str, Any], codes: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def stage1_example(
+        self, example: Mapping[str, Any], codes: np.ndarray, rng: np.random.Generator,
+    ) -> dict[str, np.ndarray]:
         """Both directions of one pair (Eq. 7): arrays [2, L], row 0 image -> report, row 1 report -> image."""
         report = self.report_text(example)
         if not report:
@@ -287,7 +290,8 @@ class SequenceBuilder:
             out = self.instruction(task, template, codes=codes, report=report, uncond=uncond)
         else:
             response = {"report": report, "findings": findings, "impression": impression}[task]
-            out = self.instruction(task, templates_lib.sample_template(task, rng, split), codes=codes, response=response)
+            template = templates_lib.sample_template(task, rng, split)
+            out = self.instruction(task, template, codes=codes, response=response)
         out["task_id"] = np.int32(templates_lib.TASKS.index(task))
         return out
 

@@ -141,7 +141,9 @@ def templates(task: str, split: str = "train", question_type: str | None = None)
     return tuple(Template(task, text) for text in wordings)
 
 
-def sample_template(task: str, rng: np.random.Generator, split: str = "train", question_type: str | None = None) -> Template:
+def sample_template(
+    task: str, rng: np.random.Generator, split: str = "train", question_type: str | None = None,
+) -> Template:
     """One wording drawn uniformly with ``rng`` (training draws a new one per example)."""
     choices = templates(task, split, question_type)
     return choices[int(rng.integers(len(choices)))]

@@ -269,7 +269,8 @@ class ExtendedVocab:
         """Image codes [..., n] in [0, codebook_size) -> vocabulary ids (int32)."""
         codes = np.asarray(codes)
         if codes.size and (codes.min() < 0 or codes.max() >= self.layout.codebook_size):
-            raise ValueError(f"image codes must lie in [0, {self.layout.codebook_size}), got [{codes.min()}, {codes.max()}]")
+            raise ValueError(
+                f"image codes must lie in [0, {self.layout.codebook_size}), got [{codes.min()}, {codes.max()}]")
         return self.layout.code_to_id(codes.astype(np.int32))
 
     def codes(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -330,7 +331,9 @@ EMBED_PATH = ("embed", "embedding")  # [V, D]
 HEAD_PATH = ("lm_head", "kernel")  # [D, V]; absent when the embeddings are tied
 
 
-def _new_rows(pretrained: jax.Array, num_new: int, rng: jax.Array, noise_scale: float, structure: jax.Array | None = None) -> jax.Array:
+def _new_rows(
+    pretrained: jax.Array, num_new: int, rng: jax.Array, noise_scale: float, structure: jax.Array | None = None,
+) -> jax.Array:
     """``num_new`` rows [num_new, D] near the average pretrained row [V0, D].
 
     row = mean + noise_scale * std * z, with mean and std per dimension over the pretrained rows.
