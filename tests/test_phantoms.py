@@ -84,11 +84,14 @@ def test_pneumothorax_region_is_darker_and_without_lung_markings():
     assert masks["markings"][region].mean() < 0.02 * ref_masks["markings"][region].mean()
     assert ref_masks["markings"][region].mean() > 0.005
     # The visceral pleural line: brighter than the air just lateral to it, on every row it crosses.
-    lung = masks["lung_left"] > 0.5
-    rows = [r for r in range(256) if region[r].any() and lung[r].any()][10:-10:10]
-    for r in rows:
-        edge = np.nonzero(region[r])[0].min()  # left lung: the collapsed lung lies medial (image left)
-        assert img[r, edge - 3:edge + 1].max() > img[r, edge + 2:edge + 6].mean() + 3, r
+    collapsed = (masks["lung_left"] > 0.5) & (masks["pneumothorax"] < 0.1)
+    rows = [r for r in range(256) if collapsed[r].any() and region[r, np.nonzero(collapsed[r])[0].max() + 4:].any()
+            and masks["heart"][r, np.nonzero(collapsed[r])[0].max()] < 0.5]
+    assert len(rows) > 40
+    for r in rows[5:-5:8]:
+        edge = np.nonzero(collapsed[r])[0].max()  # left lung: the collapsed lung lies medial (image left)
+        beside = max(img[r, edge - 7:edge - 3].mean(), img[r, edge + 4:edge + 8].mean())
+        assert img[r, edge - 1:edge + 3].max() > beside + 3, r  # a thin line brighter than both sides
 
 
 @pytest.mark.parametrize("ctr,view,seed", [(0.40, "PA", 0), (0.47, "AP", 1), (0.56, "PA", 2), (0.66, "AP", 3)])

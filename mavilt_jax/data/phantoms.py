@@ -289,8 +289,8 @@ _F = np.float32
 
 
 def _step(z: np.ndarray) -> np.ndarray:
-    """Smooth 0 -> 1 transition of about unit width around z = 0 (anti-aliased edges)."""
-    return 0.5 + 0.5 * np.tanh(2.0 * z)
+    """Linear 0 -> 1 ramp of unit width around z = 0 (anti-aliased edges)."""
+    return np.clip(z + 0.5, 0.0, 1.0)
 
 
 def _noise_field(rng: np.random.Generator, lo: float, hi: float, n: int = _FIELD) -> np.ndarray:
@@ -392,7 +392,7 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
     vessel_field, fine_field, patch_field = (_noise_field(rng, lo, hi) for lo, hi in ((3, 9), (6, 14), (2, 6)))
     finding_seeds = rng.integers(0, 2**31, size=8)
     quantum = rng.standard_normal((R, R)).astype(_F)
-    mottle = _noise_field(rng, 3, 10)
+    heel = rng.uniform(-0.06, 0.06, size=2)  # anode heel effect: a slight exposure gradient
 
     c = ((np.arange(R, dtype=_F) + 0.5) / R * 2.0 - 1.0).astype(_F)
     U, V = np.meshgrid(c, c)
@@ -457,7 +457,7 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
             t = h.s * X
             lateral = np.clip((t - 0.1) / 0.74, 0, 1) ** 2  # the meniscus climbs the lateral wall
             surface = h.cpa - level * (h.cpa - h.apex) - 0.2 * (0.4 + level) * lateral
-            fluid = _step((Y - surface) / 0.02) * _step(-h.cage_sdf(t, Y) / e)
+            fluid = _step((Y - surface) / 0.035) * _step(-h.cage_sdf(t, Y) / e)
             masks[f"effusion_{side}"] = fluid
             total = np.maximum(total, fluid * (0.85 + 0.15 * np.clip((Y - surface) / 0.15, 0, 1)))
         total *= 0.75 if f.effusion.hedged else 1.0
@@ -474,8 +474,8 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
         shrunk = _step(-shrunk_sdf / e)
         ptx = masks[f"lung_{side}"] * (1 - shrunk)
         masks["pneumothorax"] = ptx
-        D += 0.12 * np.exp(-((shrunk_sdf / (0.7 * e + 0.003)) ** 2)) * masks[f"lung_{side}"]  # visceral pleura
-        replace = np.maximum(replace, 0.8 * (1 - k) * shrunk * masks[f"lung_{side}"])
+        D += 0.16 * np.exp(-((shrunk_sdf / (0.7 * e + 0.003)) ** 2)) * masks[f"lung_{side}"]  # visceral pleura
+        replace = np.maximum(replace, 0.5 * (1 - k) * shrunk * masks[f"lung_{side}"])
     if f.opacity:
         r = rngs[0]
         total = np.zeros_like(X)
@@ -533,21 +533,21 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
     markings = 0.3 * vessels * (1.0 - ptx) * (1.0 - replace) * (1.0 - mediastinum)
     masks["markings"] = markings
     D += markings
-    D -= 0.08 * ptx
+    D -= 0.08 * ptx * (1.0 - mediastinum)
     gas = _step((1.0 - np.hypot((X - 0.42) / 0.11, (Y - thorax["left"].dome - 0.11) / 0.06)) * 0.06 / 0.02)
     D -= 0.3 * gas * body  # gastric bubble under the left hemidiaphragm
-    D = _bones_and_airway(D, X, Y, e, ap, thorax)
+    D = _bones_and_airway(D, X, Y, e, ap, thorax, body)
     D = _devices(D, X, Y, e, f.devices, masks)
 
     # Exposure, detector response and noise.
     P = 1.0 - np.exp(-exposure * np.maximum(D, 0.0))
     P = np.clip((P - 0.04) / 0.94, 0, 1) ** gamma
-    P += (0.012 + 0.008 * ap) * quantum + 0.01 * _sample(mottle, U * 6, V * 6)
+    P = P * (1.0 + heel[0] * U + heel[1] * V) + (0.012 + 0.008 * ap) * quantum
     image = np.clip(P * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return image, masks
 
 
-def _bones_and_airway(D, X, Y, e, ap: bool, thorax: dict[str, _Hemithorax]):
+def _bones_and_airway(D, X, Y, e, ap: bool, thorax: dict[str, _Hemithorax], body: np.ndarray):
     """Spine, trachea, clavicles, ribs and the scapulae."""
     AX = np.abs(X)
     spine = _step((0.075 - AX) / e)
@@ -580,7 +580,7 @@ def _bones_and_airway(D, X, Y, e, ap: bool, thorax: dict[str, _Hemithorax]):
         D += ribs
         sc_t = 0.78 if ap else 0.96
         scap = _step((1.0 - np.hypot((t - sc_t) / 0.15, (Y + 0.45) / 0.35)) * 0.15 / (2 * e))
-        D += 0.12 * scap
+        D += 0.12 * scap * body
     return D
 
 
