@@ -22,8 +22,8 @@ from tfds_builders.iu_xray.iu_xray_dataset_builder import read_radiograph
 RES = 16
 
 
-def _build(manual_dir, data_dir, split_scheme="all", caplog=None):
-    config = IuXrayConfig(name=f"test_{split_scheme}_r{RES}", resolution=RES, split=split_scheme)
+def _build(manual_dir, data_dir, split_scheme="all", caplog=None, deid="token"):
+    config = IuXrayConfig(name=f"test_{split_scheme}_{deid}_r{RES}", resolution=RES, split=split_scheme, deid=deid)
     builder = IuXray(config=config, data_dir=str(data_dir))
     with caplog.at_level(logging.INFO) if caplog else _nullcontext():
         builder.download_and_prepare(
@@ -118,6 +118,14 @@ def test_r2gen_layout(tmp_path, caplog, with_reports_csv):
     assert _logged_skips(caplog) == fixture["skipped"]
 
 
+def test_deid_rule_is_a_config_option(tmp_path):
+    cxr_layouts.write_iu_openi(tmp_path / "manual")
+    got = _build(tmp_path / "manual", tmp_path / "data", "all", deid="remove")
+    example = got[_expected_split("1")]["CXR1_1_IM-0001"]
+    assert example["findings"].decode() == "Heart size normal. No."
+    assert example["impression"].decode() == "Normal chest x-."
+
+
 def test_r2gen_config_without_split_file_is_a_clear_error(tmp_path):
     cxr_layouts.write_iu_openi(tmp_path / "manual", with_r2gen_split=False)
     with pytest.raises(FileNotFoundError, match="r2gen_split.csv"):
@@ -169,36 +177,38 @@ def test_real_radiograph_reads(shared_data):
 
 
 def test_real_iu_reports_give_the_r2gen_split_exactly(shared_data, tmp_path, caplog):
-    """The real report XMLs, projections and R2Gen split, with a blank 8x8 PNG per named image
-    (the images are not in shared data): the r2gen build must hold exactly R2Gen's studies."""
+    """The real report XMLs, projections and R2Gen split, with a blank 8x8 PNG for each image of
+    R2Gen's test studies (the images are not in shared data): the build must hold exactly the 590
+    test studies, and every train/validation study must be counted as a missing image."""
     manual = tmp_path / "manual"
     (manual / "NLMCXR_png").mkdir(parents=True)
     iu = shared_data / "iu_xray"
     for name in ("NLMCXR_reports.tgz", "indiana_projections.csv", "r2gen_split.csv"):
         (manual / name).symlink_to(iu / name)
+    with open(iu / "r2gen_split.csv", newline="") as f:
+        want = {"train": set(), "validation": set(), "test": set()}
+        for row in csv.DictReader(f):
+            want[{"val": "validation"}.get(row["split"], row["split"])].add(row["study_id"])
+    assert [len(want[s]) for s in ("train", "validation", "test")] == [2069, 296, 590]
     blank = cxr_layouts.png_bytes(np.full((8, 8), 90, np.uint8))
     with tarfile.open(iu / "NLMCXR_reports.tgz") as tar:
         for member in tar.getmembers():
             if member.isfile() and member.name.endswith(".xml"):
                 for image_id in reports.parse_iu_xml(tar.extractfile(member).read()).image_ids:
-                    (manual / "NLMCXR_png" / f"{image_id}.png").write_bytes(blank)
+                    if image_id.rsplit("-", 1)[0] in want["test"]:
+                        (manual / "NLMCXR_png" / f"{image_id}.png").write_bytes(blank)
     config = IuXrayConfig(name="real_r2gen_r8", resolution=8, split="r2gen", require_frontal=False)
     builder = IuXray(config=config, data_dir=str(tmp_path / "data"))
-    builder.download_and_prepare(
-        file_format="array_record", download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
-    )
-    with open(iu / "r2gen_split.csv", newline="") as f:
-        want = {"train": set(), "validation": set(), "test": set()}
-        for row in csv.DictReader(f):
-            want[{"val": "validation"}.get(row["split"], row["split"])].add(row["study_id"])
-    assert {len(v) for v in want.values()} == {2069, 296, 590}
-    for split, study_ids in want.items():
-        source = builder.as_data_source(split)
-        got = [e["study_id"].decode() for e in source]
-        assert len(got) == len(study_ids) and set(got) == study_ids, split
-    # The frontal image is chosen by the projections file: CXR1's XML lists the lateral first.
-    train = {e["study_id"].decode(): e for e in builder.as_data_source("train")}
-    assert train["CXR1_1_IM-0001"]["image_id"].decode() == "CXR1_1_IM-0001-4001"
-    assert train["CXR1_1_IM-0001"]["view"].decode() == "Frontal"
-    views = [e["view"].decode() for split in want for e in builder.as_data_source(split)]
-    assert views.count("Frontal") == 2955 - 12 and views.count("Lateral") == 12
+    with caplog.at_level(logging.INFO):
+        builder.download_and_prepare(
+            file_format="array_record", download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
+        )
+    assert list(builder.info.splits) == ["test"]
+    test = {e["study_id"].decode(): e for e in builder.as_data_source("test")}
+    assert len(test) == 590 and set(test) == want["test"]
+    assert _logged_skips(caplog)["missing_image"] == 2069 + 296
+    # The frontal image is chosen by the projections file, also where the XML lists it second;
+    # one test study has lateral images only and keeps its first image.
+    views = [e["view"].decode() for e in test.values()]
+    assert views.count("Frontal") == 589 and test["CXR800_IM-2334"]["view"].decode() == "Lateral"
+    assert test["CXR800_IM-2334"]["image_id"].decode() == "CXR800_IM-2334-4001"

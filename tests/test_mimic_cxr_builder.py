@@ -18,8 +18,8 @@ from tfds_builders.mimic_cxr.mimic_cxr_dataset_builder import _chexpert_labels
 RES = 16
 
 
-def _build(manual_dir, data_dir, views=("PA", "AP")):
-    config = MimicCxrConfig(name=f"test_{'_'.join(views)}_r{RES}", resolution=RES, views=views)
+def _build(manual_dir, data_dir, views=("PA", "AP"), deid="token"):
+    config = MimicCxrConfig(name=f"test_{'_'.join(views)}_{deid}_r{RES}", resolution=RES, views=views, deid=deid)
     builder = MimicCxr(config=config, data_dir=str(data_dir))
     builder.download_and_prepare(
         file_format="array_record", download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
@@ -70,6 +70,12 @@ def test_pa_only_config_drops_ap_only_studies(tmp_path, caplog):
     kept = {k for split in got.values() for k in split}
     assert kept == {k for k, v in fixture["studies"].items() if v["view"] == "PA"}
     assert _logged_skips(caplog)["no_frontal_view"] == fixture["skipped"]["no_frontal_view"] + 1  # + AP-only study
+
+
+def test_deid_rule_is_a_config_option(tmp_path):
+    cxr_layouts.write_mimic(tmp_path / "manual", size=RES)
+    got = _build(tmp_path / "manual", tmp_path / "data", deid="remove")
+    assert got["train"]["53189527"]["impression"].decode() == "Effusion, possibly atelectasis. Dr. was told."
 
 
 def test_missing_metadata_is_a_clear_error(tmp_path):

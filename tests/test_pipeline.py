@@ -114,14 +114,23 @@ def test_iterator_state_restores_the_same_next_batches():
     _assert_batches_equal([next(fresh) for _ in range(6)], expected)
 
 
-def test_worker_processes_give_the_same_stream_per_worker_slice():
+def test_worker_processes_give_the_same_stream_and_resume():
     # One worker process sees the whole stream, so it must match the in-process pipeline.
-    inproc = _take(_train(n=12, num_epochs=1), 3)
-    it = iter(_train(n=12, num_epochs=1, worker_count=1))
+    inproc = _take(_train(n=12), 5)
+    it = iter(_train(n=12, worker_count=1))
     try:
-        _assert_batches_equal(list(it), inproc)
+        got = [next(it) for _ in range(2)]
+        state = it.get_state()
+        got += [next(it) for _ in range(3)]
     finally:
         it.close()
+    _assert_batches_equal(got, inproc)
+    resumed = iter(_train(n=12, worker_count=1))
+    try:
+        resumed.set_state(state)
+        _assert_batches_equal([next(resumed) for _ in range(3)], inproc[2:])
+    finally:
+        resumed.close()
 
 
 @pytest.mark.parametrize("n, batch_size, shard_count", [(10, 4, 1), (10, 3, 3), (9, 2, 2), (2, 2, 3)])

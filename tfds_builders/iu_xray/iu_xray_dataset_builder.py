@@ -63,6 +63,17 @@ class SkipCounter(collections.Counter):
             logging.info("%s, %s: kept %d studies, skipped none.", dataset, stage, kept)
 
 
+def drop_missing_images(studies: dict[str, list[dict]], skipped: SkipCounter) -> dict[str, list[dict]]:
+    """Drops (and counts) studies whose image file does not exist, before the splits are written:
+    TFDS cannot write a split that ends up empty, so a split with no images must not be declared."""
+    kept: dict[str, list[dict]] = {}
+    for split, items in studies.items():
+        kept[split] = [s for s in items if epath.Path(s["image_path"]).exists()]
+        if len(kept[split]) < len(items):
+            skipped["missing_image"] += len(items) - len(kept[split])
+    return kept
+
+
 def read_radiograph(path: epath.PathLike, resolution: int) -> np.ndarray:
     """Reads an image file as a grayscale uint8 [R, R, 1] radiograph.
 
@@ -117,11 +128,13 @@ class IuXrayConfig(tfds.core.BuilderConfig):
     """resolution: side of the square image; split: "r2gen" (R2Gen's study split) or "all";
     require_frontal: skip studies whose images are all lateral (Open-i layout with projections).
     The r2gen configs keep them (their first image, view "Lateral") so that the split has exactly
-    the studies papers evaluate on."""
+    the studies papers evaluate on. deid: the de-identification rule of
+    `mavilt_jax.data.reports` ("token", "remove" or "keep")."""
 
     resolution: int = 256
     split: str = "r2gen"
     require_frontal: bool = True
+    deid: str = reports.DEFAULT_DEID
 
 
 def _image_key(name: str) -> str:
@@ -205,7 +218,10 @@ class IuXray(tfds.core.GeneratorBasedBuilder):
             studies = self._r2gen_layout_studies(manual_dir, skipped)
         else:
             studies = self._openi_layout_studies(manual_dir, skipped)
-        skipped.log(self.name, "reports and views (all splits)", sum(map(len, studies.values())))
+        studies = drop_missing_images(studies, skipped)
+        skipped.log(self.name, "reports, views and image files (all splits)", sum(map(len, studies.values())))
+        if not any(studies.values()):
+            raise ValueError(f"No usable study in {manual_dir} (skipped: {dict(skipped)}).")
         # TFDS cannot write an empty split (e.g. a small "all" build whose test bucket is empty).
         return {split: self._generate_examples(studies[split], split) for split in _SPLITS if studies[split]}
 
@@ -229,7 +245,7 @@ class IuXray(tfds.core.GeneratorBasedBuilder):
         seen: set[str] = set()
         for name, xml in _iter_report_xmls(manual_dir):
             try:
-                report = reports.parse_iu_xml(xml)
+                report = reports.parse_iu_xml(xml, deid=self.builder_config.deid)
             except ValueError:
                 skipped["unreadable_report"] += 1
                 logging.info("Unreadable report XML %s.", name)
@@ -300,10 +316,10 @@ class IuXray(tfds.core.GeneratorBasedBuilder):
         studies: dict[str, list[dict]] = {split: [] for split in _SPLITS}
         for r2gen_split, entries in sorted(annotation.items()):
             for entry in entries:
-                findings = reports.clean_text(entry.get("report"))
+                findings = reports.clean_text(entry.get("report"), self.builder_config.deid)
                 uid_match = re.match(r"CXR(\d+)_", entry["id"])
                 row = csv_reports.get(uid_match.group(1)) if uid_match else None
-                impression = reports.clean_text(row["impression"]) if row else ""
+                impression = reports.clean_text(row["impression"], self.builder_config.deid) if row else ""
                 if not (findings or impression):
                     skipped["no_report_text"] += 1
                     continue
@@ -337,9 +353,6 @@ class IuXray(tfds.core.GeneratorBasedBuilder):
         kept = 0
         for study in studies:
             path = epath.Path(study["image_path"])
-            if not path.exists():
-                skipped["missing_image"] += 1
-                continue
             try:
                 pixels = read_radiograph(path, resolution)
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

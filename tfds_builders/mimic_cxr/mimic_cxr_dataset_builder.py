@@ -29,17 +29,25 @@ from PIL import Image
 
 from mavilt_jax.data import labels as labels_lib
 from mavilt_jax.data import reports
-from tfds_builders.iu_xray.iu_xray_dataset_builder import SkipCounter, encode_png, image_features, read_radiograph
+from tfds_builders.iu_xray.iu_xray_dataset_builder import (
+    SkipCounter,
+    drop_missing_images,
+    encode_png,
+    image_features,
+    read_radiograph,
+)
 
 _OFFICIAL_SPLITS = {"train": "train", "validate": "validation", "test": "test"}
 
 
 @dataclasses.dataclass
 class MimicCxrConfig(tfds.core.BuilderConfig):
-    """resolution: side of the square image; views: ViewPositions kept, in order of preference."""
+    """resolution: side of the square image; views: ViewPositions kept, in order of preference;
+    deid: the de-identification rule of `mavilt_jax.data.reports` ("token", "remove", "keep")."""
 
     resolution: int = 256
     views: tuple[str, ...] = ("PA", "AP")
+    deid: str = reports.DEFAULT_DEID
 
 
 def _read_table(manual_dir: epath.Path, name: str) -> list[dict[str, str]]:
@@ -130,7 +138,7 @@ class MimicCxr(tfds.core.GeneratorBasedBuilder):
             if report_path is None:
                 skipped["missing_report"] += 1
                 continue
-            sections = reports.parse_mimic_report(report_path.read_text())
+            sections = reports.parse_mimic_report(report_path.read_text(), deid=self.builder_config.deid)
             if not sections.usable:
                 skipped["no_report_text"] += 1
                 continue
@@ -145,7 +153,10 @@ class MimicCxr(tfds.core.GeneratorBasedBuilder):
                     view=view_of[dicom_id],
                 )
             )
-        skipped.log(self.name, "reports and views (all splits)", sum(map(len, studies.values())))
+        studies = drop_missing_images(studies, skipped)
+        skipped.log(self.name, "reports, views and image files (all splits)", sum(map(len, studies.values())))
+        if not any(studies.values()):
+            raise ValueError(f"No usable study in {manual_dir} (skipped: {dict(skipped)}).")
         return {split: self._generate_examples(items, split) for split, items in studies.items() if items}
 
     @staticmethod
@@ -161,9 +172,6 @@ class MimicCxr(tfds.core.GeneratorBasedBuilder):
         kept = 0
         for study in studies:
             path = epath.Path(study["image_path"])
-            if not path.exists():
-                skipped["missing_image"] += 1
-                continue
             try:
                 pixels = read_radiograph(path, resolution)
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
