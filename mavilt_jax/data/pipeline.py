@@ -91,11 +91,10 @@ def load_source(
             )
         else:
             raise FileNotFoundError(
-                f"Dataset {full_name} is not prepared in {builder.data_dir}. Build it from the local "
-                f"files first: `tfds build tfds_builders/{name} --manual_dir=<dir> --file_format=array_record"
-                + (f" --config={builder_config}" if builder_config else "")
-                + (f" --data_dir={data_dir}" if data_dir else "")
-                + "` or pass manual_dir=<dir>."
+                f"Dataset {full_name} is not prepared in {builder.data_dir}. Build it once from the local "
+                f"files: load_source({name!r}, {split!r}, builder_config={builder_config!r}, "
+                f"data_dir={data_dir!r}, manual_dir=<folder with the files>); the builder's "
+                "MANUAL_DOWNLOAD_INSTRUCTIONS describe the folder."
             )
     return builder.as_data_source(split=split)
 
