@@ -24,7 +24,8 @@ study_id,split,image_paths in the Open-i layout); "all" configs keep every usabl
 by a hash of the report uid (70/10/20), so one report never lands in two splits.
 
 A missing, unreadable or truncated image, or a report without findings and impression, is
-skipped and counted; the counts per reason are logged as a warning at the end of each split.
+skipped and counted; the counts per reason are logged as warnings (report, view and file checks
+once for the build, image decoding once per split).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ train / validation / test).
 
 A missing, unreadable or truncated image, a missing report file, a report without findings and
 impression, or a study without an image in the wanted views is skipped and counted; the counts per
-reason are logged as a warning.
+reason are logged as warnings (report, view and file checks once, image decoding per split).
 """
 
 from __future__ import annotations
