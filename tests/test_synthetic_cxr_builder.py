@@ -71,3 +71,16 @@ def test_custom_config(tmp_path):
     source = tfds.data_source("synthetic_cxr/r48_custom", data_dir=tmp_path, split="train")
     assert len(source) == 3 and source[0]["image"].shape == (48, 48, 1)
     assert source[0]["study_id"].decode().startswith("syn0015-")  # seed 5 * 3 splits + train
+
+
+def test_parallel_generation_matches_the_generator(tmp_path):
+    config = SyntheticCxrConfig(name="r32_parallel", resolution=32, num_train=64, num_validation=1, num_test=1, num_workers=2)
+    builder = SyntheticCxr(config=config, data_dir=tmp_path)
+    builder.download_and_prepare()
+    source = tfds.data_source("synthetic_cxr/r32_parallel", data_dir=tmp_path, split="train")
+    assert len(source) == 64
+    by_id = {source[i]["study_id"].decode(): source[i] for i in range(64)}
+    for index in (0, 17, 63):
+        ref = phantoms.generate_study(SPLIT_SEEDS["train"], index, 32)
+        np.testing.assert_array_equal(by_id[ref["study_id"]]["image"][..., 0], ref["image"])
+        assert by_id[ref["study_id"]]["findings"].decode() == ref["findings"]

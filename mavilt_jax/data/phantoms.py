@@ -293,10 +293,15 @@ def _step(z: np.ndarray) -> np.ndarray:
     return np.clip(z + 0.5, 0.0, 1.0)
 
 
+def _norm(a, b):
+    """sqrt(a^2 + b^2); np.hypot is ~10x slower on float32 arrays."""
+    return np.sqrt(a * a + b * b)
+
+
 def _noise_field(rng: np.random.Generator, lo: float, hi: float, n: int = _FIELD) -> np.ndarray:
     """Periodic [n, n] noise with spatial frequencies between lo and hi cycles, unit variance."""
     spec = np.fft.rfft2(rng.standard_normal((n, n)))
-    f = np.hypot(np.fft.fftfreq(n)[:, None] * n, np.fft.rfftfreq(n)[None, :] * n)
+    f = _norm(np.fft.fftfreq(n)[:, None] * n, np.fft.rfftfreq(n)[None, :] * n)
     field = np.fft.irfft2(spec * (np.exp(-((f / hi) ** 2)) - np.exp(-((f / lo) ** 2))), s=(n, n))
     return (field / (field.std() + 1e-8)).astype(_F)
 
@@ -321,7 +326,7 @@ def _segment_distance(x: np.ndarray, y: np.ndarray, points) -> np.ndarray:
     for (ax, ay), (bx, by) in zip(points[:-1], points[1:]):
         ex, ey = bx - ax, by - ay
         h = np.clip(((x - ax) * ex + (y - ay) * ey) / (ex * ex + ey * ey), 0.0, 1.0)
-        di = np.hypot(x - ax - h * ex, y - ay - h * ey)
+        di = _norm(x - ax - h * ex, y - ay - h * ey)
         d = di if d is None else np.minimum(d, di)
     return d
 
@@ -426,7 +431,7 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
         air += lung * (0.5 + 0.25 * depth)
         hx, hy = h.s * 0.19, -0.1 if side == "left" else -0.06
         hila[side] = (hx, hy)
-        rho = np.hypot(X - hx, Y - hy)
+        rho = _norm(X - hx, Y - hy)
         ang = np.arctan2(Y - hy, X - hx)
         # Vessels branch out of the hilum: noise stretched along the radius gives radial ridges.
         lr = np.log(rho + 0.05)
@@ -442,7 +447,7 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
     masks["heart"] = heart
     width = 0.1 + 0.05 * np.clip((Y + 0.6) / 0.5, 0, 1)
     upper = _step((width - np.abs(X - 0.01)) / e) * _step((0.1 - Y) / 0.05)
-    knob = _step((0.07 - np.hypot(X - 0.11, Y + 0.36)) / e)
+    knob = _step((0.07 - _norm(X - 0.11, Y + 0.36)) / e)
     mediastinum = np.maximum(np.maximum(heart, upper), knob)
     D += 0.06 * mediastinum
     air *= 1.0 - mediastinum
@@ -500,7 +505,7 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
         yc = {"upper": r.uniform(-0.52, -0.34), "middle": r.uniform(-0.22, -0.05), "lower": h.dome - r.uniform(0.14, 0.2)}[f.nodule.zone]
         rad = f.nodule.size_mm / 2 * _MM
         t = h.s * X
-        rho, ang = np.hypot(t - tc, Y - yc), np.arctan2(Y - yc, t - tc)
+        rho, ang = _norm(t - tc, Y - yc), np.arctan2(Y - yc, t - tc)
         if f.nodule.kind == "mass":  # lobulated outline
             rad = rad * (1 + 0.1 * np.sin(3 * ang + r.uniform(0, 6.3)) + 0.05 * np.sin(5 * ang))
         nod = _step((rad - rho) / (e + 0.004)) * (0.6 if f.nodule.hedged else 1.0)
@@ -509,7 +514,7 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
         D += 0.12 * nod * np.sqrt(np.clip(1 - (rho / rad) ** 2, 0, 1))
     if f.edema:
         amp = {"mild": 0.4, "moderate": 0.6}[f.edema.severity] * (0.75 if f.edema.hedged else 1.0)
-        w = sum(np.exp(-((np.hypot(X - hx, Y - hy) / 0.42) ** 2)) for hx, hy in hila.values())
+        w = sum(np.exp(-((_norm(X - hx, Y - hy) / 0.42) ** 2)) for hx, hy in hila.values())
         ed = np.clip(amp * w * (0.85 + 0.15 * fine) + 0.1 * amp * fine, 0, 1)  # perihilar haze + interstitium
         masks["edema"] = ed
         replace = np.maximum(replace, ed)
@@ -534,7 +539,7 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
     masks["markings"] = markings
     D += markings
     D -= 0.08 * ptx * (1.0 - mediastinum)
-    gas = _step((1.0 - np.hypot((X - 0.42) / 0.11, (Y - thorax["left"].dome - 0.11) / 0.06)) * 0.06 / 0.02)
+    gas = _step((1.0 - _norm((X - 0.42) / 0.11, (Y - thorax["left"].dome - 0.11) / 0.06)) * 0.06 / 0.02)
     D -= 0.3 * gas * body  # gastric bubble under the left hemidiaphragm
     D = _bones_and_airway(D, X, Y, e, ap, thorax, body)
     D = _devices(D, X, Y, e, f.devices, masks)
@@ -579,7 +584,7 @@ def _bones_and_airway(D, X, Y, e, ap: bool, thorax: dict[str, _Hemithorax], body
         ribs += 0.045 * _step((0.25 - np.abs(fa - 0.3)) * 0.17 / e) * cage * _step((t - 0.2) / 0.05) * _step(phia) * _step(5.5 - phia)
         D += ribs
         sc_t = 0.78 if ap else 0.96
-        scap = _step((1.0 - np.hypot((t - sc_t) / 0.15, (Y + 0.45) / 0.35)) * 0.15 / (2 * e))
+        scap = _step((1.0 - _norm((t - sc_t) / 0.15, (Y + 0.45) / 0.35)) * 0.15 / (2 * e))
         D += 0.12 * scap * body
     return D
 

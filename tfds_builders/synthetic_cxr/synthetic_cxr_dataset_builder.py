@@ -15,7 +15,10 @@ writes without running TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
+import multiprocessing
+import os
 
 import numpy as np
 from etils import epath
@@ -38,6 +41,7 @@ class SyntheticCxrConfig(tfds.core.BuilderConfig):
     num_validation: int = 200
     num_test: int = 200
     seed: int = 0
+    num_workers: int = 0  # generator processes; 0: one per CPU core, at most 8
 
     def split_size(self, split: str) -> int:
         return {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}[split]
@@ -105,9 +109,21 @@ class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str):
         cfg = self.builder_config
         seed = cfg.seed * len(SPLIT_SEEDS) + SPLIT_SEEDS[split]
-        for index in range(cfg.split_size(split)):
-            study = phantoms.generate_study(seed, index, cfg.resolution)
-            yield study["study_id"], to_example(study)
+        n = cfg.split_size(split)
+        make = functools.partial(keyed_example, seed, resolution=cfg.resolution)
+        workers = cfg.num_workers or min(8, os.cpu_count() or 1)
+        if workers <= 1 or n < 64:
+            yield from map(make, range(n))
+            return
+        # Spawned (not forked) workers: the parent may already run JAX or TensorFlow threads.
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            yield from pool.imap(make, range(n), chunksize=16)
+
+
+def keyed_example(seed: int, index: int, resolution: int) -> tuple[str, dict]:
+    """(key, TFDS example) of study ``index`` of the world ``seed``."""
+    study = phantoms.generate_study(seed, index, resolution)
+    return study["study_id"], to_example(study)
 
 
 def to_example(study: dict) -> dict:
