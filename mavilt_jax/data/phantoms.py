@@ -384,6 +384,116 @@ def _heart(X, Y, e, ctr: float, thorax: dict[str, "_Hemithorax"]):
     return _step((X - x_right) / e) * _step((x_left - X) / e) * _step((Y - (yl - hl)) / e)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Scene:
+    """What every layer of one rendering shares: patient coordinates and texture fields."""
+
+    X: np.ndarray  # [R, R] patient x (patient's right is negative, on the image left)
+    Y: np.ndarray  # [R, R] patient y (down)
+    e: float  # edge softness in patient units (about one pixel)
+    thorax: dict[str, _Hemithorax]
+    lungs: dict[str, np.ndarray]  # [R, R] lung field masks by side
+    hila: dict[str, tuple[float, float]]
+    fine: np.ndarray  # [R, R] fine reticular texture in [0, 1]
+    fine_field: np.ndarray
+    patch_field: np.ndarray
+
+
+def _zone_center(rng: np.random.Generator, h: _Hemithorax, zone: str, base_margin: tuple[float, float]) -> float:
+    return {"upper": rng.uniform(-0.54, -0.36), "middle": rng.uniform(-0.22, -0.05),
+            "lower": h.dome - rng.uniform(*base_margin)}[zone]
+
+
+def _effusion(sc: _Scene, eff: Effusion, masks: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Dependent fluid with a meniscus that climbs the lateral chest wall: (replace, density)."""
+    level = {"small": 0.12, "moderate": 0.3, "large": 0.55}[eff.size]
+    total = np.zeros_like(sc.X)
+    for side in _sides(eff.side):
+        h = sc.thorax[side]
+        t = h.s * sc.X
+        lateral = np.clip((t - 0.1) / 0.74, 0, 1) ** 2
+        surface = h.cpa - level * (h.cpa - h.apex) - 0.2 * (0.4 + level) * lateral
+        fluid = _step((sc.Y - surface) / 0.035) * _step(-h.cage_sdf(t, sc.Y) / sc.e)
+        masks[f"effusion_{side}"] = fluid
+        total = np.maximum(total, fluid * (0.85 + 0.15 * np.clip((sc.Y - surface) / 0.15, 0, 1)))
+    total *= 0.75 if eff.hedged else 1.0
+    return total, 0.15 * total
+
+
+def _pneumothorax(sc: _Scene, ptx: Pneumothorax, masks: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Pleural air around a retracted lung with a visible visceral pleural line: (replace, density)."""
+    h, lung = sc.thorax[ptx.side], sc.lungs[ptx.side]
+    t = h.s * sc.X
+    k = 1.0 - {"small": 0.07, "moderate": 0.15, "large": 0.3}[ptx.size]
+    # The lateral and apical parts retract by k; the hilum and the base stay attached.
+    at, ay = 0.14, h.dome
+    tt = at + np.maximum(t - at, 0) / k + np.minimum(t - at, 0)
+    yy = ay + np.minimum(sc.Y - ay, 0) / k + np.maximum(sc.Y - ay, 0)
+    shrunk_sdf = k * h.lung_sdf(tt, yy)
+    shrunk = _step(-shrunk_sdf / sc.e)
+    masks["pneumothorax"] = lung * (1 - shrunk)
+    pleura = 0.16 * np.exp(-((shrunk_sdf / (0.7 * sc.e + 0.003)) ** 2)) * lung
+    return 0.5 * (1 - k) * shrunk * lung, pleura  # the collapsed lung holds less air
+
+
+def _opacity(sc: _Scene, op: Opacity, rng: np.random.Generator, masks: dict) -> np.ndarray:
+    """Patchy opacity, or dense consolidation with air bronchograms: replace."""
+    total = np.zeros_like(sc.X)
+    for side in _sides(op.side):
+        h = sc.thorax[side]
+        tc = rng.uniform(0.4, 0.62)
+        yc = _zone_center(rng, h, op.zone, (0.1, 0.16))
+        sx, sy = rng.uniform(0.15, 0.21), rng.uniform(0.11, 0.15)
+        total = np.maximum(total, np.exp(-(((h.s * sc.X - tc) / sx) ** 2 + ((sc.Y - yc) / sy) ** 2)))
+    dense = op.kind == "consolidation"
+    amp = (0.95 if dense else 0.65) * (0.6 if op.hedged else 1.0)
+    out = np.clip(total * (0.7 + 0.3 * _sample(sc.patch_field, sc.X * 10, sc.Y * 10)) * 1.8, 0, 1) * amp
+    if dense:  # air bronchograms: branching lucencies inside the consolidation
+        bronchi = np.exp(-((_sample(sc.fine_field, sc.X * 18 + 7, sc.Y * 18) / 0.18) ** 2))
+        out *= 1.0 - 0.35 * bronchi * _step((total - 0.5) / 0.1)
+    masks["opacity"] = out
+    return out
+
+
+def _nodule(sc: _Scene, nod: Nodule, rng: np.random.Generator, masks: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A round nodule, or a lobulated mass, of the recorded size: (replace, density)."""
+    h = sc.thorax[nod.side]
+    tc = rng.uniform(0.38, 0.6)
+    yc = _zone_center(rng, h, nod.zone, (0.14, 0.2))
+    rad = nod.size_mm / 2 * _MM
+    t = h.s * sc.X
+    rho, ang = _norm(t - tc, sc.Y - yc), np.arctan2(sc.Y - yc, t - tc)
+    if nod.kind == "mass":
+        rad = rad * (1 + 0.1 * np.sin(3 * ang + rng.uniform(0, 6.3)) + 0.05 * np.sin(5 * ang))
+    mask = _step((rad - rho) / (sc.e + 0.004)) * (0.6 if nod.hedged else 1.0)
+    masks["nodule"] = mask
+    return 0.9 * mask, 0.12 * mask * np.sqrt(np.clip(1 - (rho / rad) ** 2, 0, 1))
+
+
+def _edema(sc: _Scene, ed: Edema, masks: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Perihilar ("bat wing") haze with interstitial texture: (replace, perihilar weight)."""
+    amp = {"mild": 0.4, "moderate": 0.6}[ed.severity] * (0.75 if ed.hedged else 1.0)
+    w = sum(np.exp(-((_norm(sc.X - hx, sc.Y - hy) / 0.42) ** 2)) for hx, hy in sc.hila.values())
+    out = np.clip(amp * w * (0.85 + 0.15 * sc.fine) + 0.1 * amp * sc.fine, 0, 1)
+    masks["edema"] = out
+    return out, np.clip(w, 0, 1)
+
+
+def _atelectasis(sc: _Scene, atel: Atelectasis, rng: np.random.Generator, masks: dict) -> np.ndarray:
+    """Plate-like (discoid) bands above the hemidiaphragm: replace."""
+    total = np.zeros_like(sc.X)
+    for side in _sides(atel.side):
+        h = sc.thorax[side]
+        t = h.s * sc.X
+        for _ in range(1 + int(rng.random() < 0.5)):
+            y0, slope = h.dome - rng.uniform(0.07, 0.18), rng.uniform(-0.12, 0.12)
+            band = np.exp(-(((sc.Y - y0 - slope * (t - 0.5)) / 0.013) ** 2))
+            total = np.maximum(total, band * _step((t - 0.28) / 0.05) * _step((0.78 - t) / 0.05))
+    out = total * (0.6 if atel.hedged else 0.95)
+    masks["atelectasis"] = out
+    return out
+
+
 def render_with_masks(findings: Findings, resolution: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``render`` plus float [R, R] masks of anatomy and findings (used by tests and overlays)."""
     f, R = findings, int(resolution)
@@ -395,15 +505,16 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
     exposure, gamma = rng.uniform(1.7, 2.2), rng.uniform(0.85, 1.15)
     breast = rng.uniform(0.0, 0.3)
     vessel_field, fine_field, patch_field = (_noise_field(rng, lo, hi) for lo, hi in ((3, 9), (6, 14), (2, 6)))
-    finding_seeds = rng.integers(0, 2**31, size=8)
+    finding_rngs = [np.random.default_rng(int(s)) for s in rng.integers(0, 2**31, size=8)]
     quantum = rng.standard_normal((R, R)).astype(_F)
     heel = rng.uniform(-0.06, 0.06, size=2)  # anode heel effect: a slight exposure gradient
 
+    # Acquisition: the patient grid is rotated, shifted and scaled under the detector.
     c = ((np.arange(R, dtype=_F) + 0.5) / R * 2.0 - 1.0).astype(_F)
     U, V = np.meshgrid(c, c)
     X = ((np.cos(theta) * (U - dx) + np.sin(theta) * (V - dy)) / scale).astype(_F)
     Y = ((-np.sin(theta) * (U - dx) + np.cos(theta) * (V - dy)) / scale).astype(_F)
-    e = _F(1.2 / R / scale)  # edge softness: about half a pixel either side
+    e = _F(1.2 / R / scale)
     ap = f.view == "AP"
     AX = np.abs(X)
 
@@ -414,26 +525,22 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
     body = _step((Y - top) / 0.01) * _step((half_width - AX) / 0.01)
     D = body * np.clip(1.0 - (X / half_width) ** 2, 0.0, 1.0) ** 0.35
 
-    masks: dict[str, np.ndarray] = {}
+    # Lungs: aerated depth, and vessels branching out of each hilum.
     thorax = _hemithoraces(f)
-    air = np.zeros_like(X)  # aerated lung depth
-    vessels = np.zeros_like(X)
-    replace = np.zeros_like(X)  # fraction of lung air replaced by fluid or tissue
-    ptx = np.zeros_like(X)
+    masks: dict[str, np.ndarray] = {}
+    air, vessels = np.zeros_like(X), np.zeros_like(X)
     fine = np.exp(-((_sample(fine_field, X * 40, Y * 40) / 0.3) ** 2))
     hila = {}
     for side, h in thorax.items():
-        t = h.s * X
-        sdf = h.lung_sdf(t, Y)
+        sdf = h.lung_sdf(h.s * X, Y)
         lung = _step(-sdf / e)
         masks[f"lung_{side}"] = lung
-        depth = np.clip(-sdf * 5.0, 0.0, 1.0) ** 0.5 * (1.0 - breast * np.clip((Y + 0.1) / 0.5, 0, 1))
+        depth = np.sqrt(np.clip(-sdf * 5.0, 0.0, 1.0)) * (1.0 - breast * np.clip((Y + 0.1) / 0.5, 0, 1))
         air += lung * (0.5 + 0.25 * depth)
         hx, hy = h.s * 0.19, -0.1 if side == "left" else -0.06
         hila[side] = (hx, hy)
-        rho = _norm(X - hx, Y - hy)
-        ang = np.arctan2(Y - hy, X - hx)
-        # Vessels branch out of the hilum: noise stretched along the radius gives radial ridges.
+        rho, ang = _norm(X - hx, Y - hy), np.arctan2(Y - hy, X - hx)
+        # Noise stretched along the radius gives radial ridges: trunks and finer branches.
         lr = np.log(rho + 0.05)
         trunk = _sample(vessel_field, ang * (0.6 * _FIELD / np.pi), lr * 6.0)
         branch = _sample(vessel_field, ang * (1.3 * _FIELD / np.pi) + 17.0, lr * 11.0 + 5.0)
@@ -442,7 +549,7 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
         vessels += lung * (ridges * (0.08 + 0.8 * near) + 0.1 * fine * (0.3 + near))
         D += 0.3 * np.exp(-((rho / 0.075) ** 2))  # hilar vessels
 
-    # Mediastinum and heart.
+    # Mediastinum and heart displace the medial lung.
     heart = _heart(X, Y, e, f.ctr, thorax)
     masks["heart"] = heart
     width = 0.1 + 0.05 * np.clip((Y + 0.6) / 0.5, 0, 1)
@@ -451,95 +558,35 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
     mediastinum = np.maximum(np.maximum(heart, upper), knob)
     D += 0.06 * mediastinum
     air *= 1.0 - mediastinum
-    D -= 0.04 * _step((0.2 - np.abs(X + 0.16)) / 0.05) * _step((-0.4 - Y) / 0.05) * (1 - mediastinum)  # SVC edge
 
-    rngs = [np.random.default_rng(int(x)) for x in finding_seeds]
+    # Findings: fluid and tissue replace lung air; some add density of their own.
+    sc = _Scene(X, Y, e, thorax, {s: masks[f"lung_{s}"] for s in SIDES}, hila, fine, fine_field, patch_field)
+    replace = np.zeros_like(X)
+    ptx = np.zeros_like(X)
     if f.effusion:
-        level = {"small": 0.12, "moderate": 0.3, "large": 0.55}[f.effusion.size]
-        total = np.zeros_like(X)
-        for side in _sides(f.effusion.side):
-            h = thorax[side]
-            t = h.s * X
-            lateral = np.clip((t - 0.1) / 0.74, 0, 1) ** 2  # the meniscus climbs the lateral wall
-            surface = h.cpa - level * (h.cpa - h.apex) - 0.2 * (0.4 + level) * lateral
-            fluid = _step((Y - surface) / 0.035) * _step(-h.cage_sdf(t, Y) / e)
-            masks[f"effusion_{side}"] = fluid
-            total = np.maximum(total, fluid * (0.85 + 0.15 * np.clip((Y - surface) / 0.15, 0, 1)))
-        total *= 0.75 if f.effusion.hedged else 1.0
-        replace = np.maximum(replace, total)
-        D += 0.15 * total
+        rep, dens = _effusion(sc, f.effusion, masks)
+        replace, D = np.maximum(replace, rep), D + dens
     if f.pneumothorax:
-        side = f.pneumothorax.side
-        h = thorax[side]
-        t = h.s * X
-        k = 1.0 - {"small": 0.07, "moderate": 0.15, "large": 0.3}[f.pneumothorax.size]
-        at, ay = 0.14, h.dome  # the lung collapses toward its medial base
-        # Only lateral and apical parts retract: the hilum and base stay attached.
-        shrunk_sdf = k * h.lung_sdf(at + np.maximum(t - at, 0) / k + np.minimum(t - at, 0), ay + np.minimum(Y - ay, 0) / k + np.maximum(Y - ay, 0))
-        shrunk = _step(-shrunk_sdf / e)
-        ptx = masks[f"lung_{side}"] * (1 - shrunk)
-        masks["pneumothorax"] = ptx
-        D += 0.16 * np.exp(-((shrunk_sdf / (0.7 * e + 0.003)) ** 2)) * masks[f"lung_{side}"]  # visceral pleura
-        replace = np.maximum(replace, 0.5 * (1 - k) * shrunk * masks[f"lung_{side}"])
+        rep, dens = _pneumothorax(sc, f.pneumothorax, masks)
+        replace, D, ptx = np.maximum(replace, rep), D + dens, masks["pneumothorax"]
     if f.opacity:
-        r = rngs[0]
-        total = np.zeros_like(X)
-        for side in _sides(f.opacity.side):
-            h = thorax[side]
-            tc = r.uniform(0.4, 0.62)
-            yc = {"upper": r.uniform(-0.55, -0.38), "middle": r.uniform(-0.22, -0.05), "lower": h.dome - r.uniform(0.1, 0.16)}[f.opacity.zone]
-            sx, sy = r.uniform(0.15, 0.21), r.uniform(0.11, 0.15)
-            total = np.maximum(total, np.exp(-(((h.s * X - tc) / sx) ** 2 + ((Y - yc) / sy) ** 2)))
-        dense = f.opacity.kind == "consolidation"
-        amp = (0.95 if dense else 0.65) * (0.6 if f.opacity.hedged else 1.0)
-        op = np.clip(total * (0.7 + 0.3 * _sample(patch_field, X * 10, Y * 10)) * 1.8, 0, 1) * amp
-        if dense:  # air bronchograms: branching lucencies inside the consolidation
-            bronchi = np.exp(-((_sample(fine_field, X * 18 + 7, Y * 18) / 0.18) ** 2))
-            op *= 1.0 - 0.35 * bronchi * _step((total - 0.5) / 0.1)
-        masks["opacity"] = op
-        replace = np.maximum(replace, op)
+        replace = np.maximum(replace, _opacity(sc, f.opacity, finding_rngs[0], masks))
     if f.nodule:
-        r = rngs[1]
-        h = thorax[f.nodule.side]
-        tc = r.uniform(0.38, 0.6)
-        yc = {"upper": r.uniform(-0.52, -0.34), "middle": r.uniform(-0.22, -0.05), "lower": h.dome - r.uniform(0.14, 0.2)}[f.nodule.zone]
-        rad = f.nodule.size_mm / 2 * _MM
-        t = h.s * X
-        rho, ang = _norm(t - tc, Y - yc), np.arctan2(Y - yc, t - tc)
-        if f.nodule.kind == "mass":  # lobulated outline
-            rad = rad * (1 + 0.1 * np.sin(3 * ang + r.uniform(0, 6.3)) + 0.05 * np.sin(5 * ang))
-        nod = _step((rad - rho) / (e + 0.004)) * (0.6 if f.nodule.hedged else 1.0)
-        masks["nodule"] = nod
-        replace = np.maximum(replace, 0.9 * nod)
-        D += 0.12 * nod * np.sqrt(np.clip(1 - (rho / rad) ** 2, 0, 1))
+        rep, dens = _nodule(sc, f.nodule, finding_rngs[1], masks)
+        replace, D = np.maximum(replace, rep), D + dens
     if f.edema:
-        amp = {"mild": 0.4, "moderate": 0.6}[f.edema.severity] * (0.75 if f.edema.hedged else 1.0)
-        w = sum(np.exp(-((_norm(X - hx, Y - hy) / 0.42) ** 2)) for hx, hy in hila.values())
-        ed = np.clip(amp * w * (0.85 + 0.15 * fine) + 0.1 * amp * fine, 0, 1)  # perihilar haze + interstitium
-        masks["edema"] = ed
-        replace = np.maximum(replace, ed)
-        vessels *= 1.0 - 0.5 * np.clip(w, 0, 1)  # indistinct vessels
+        rep, perihilar = _edema(sc, f.edema, masks)
+        replace = np.maximum(replace, rep)
+        vessels *= 1.0 - 0.5 * perihilar  # indistinct vessels
     if f.atelectasis:
-        r = rngs[2]
-        total = np.zeros_like(X)
-        for side in _sides(f.atelectasis.side):
-            h = thorax[side]
-            t = h.s * X
-            for _ in range(1 + int(r.random() < 0.5)):
-                y0, slope = h.dome - r.uniform(0.07, 0.18), r.uniform(-0.12, 0.12)
-                band = np.exp(-(((Y - y0 - slope * (t - 0.5)) / 0.013) ** 2))
-                total = np.maximum(total, band * _step((t - 0.28) / 0.05) * _step((0.78 - t) / 0.05))
-        at = total * (0.6 if f.atelectasis.hedged else 0.95)
-        masks["atelectasis"] = at
-        replace = np.maximum(replace, at)
+        replace = np.maximum(replace, _atelectasis(sc, f.atelectasis, finding_rngs[2], masks))
 
-    aerated = air * (1.0 - np.clip(replace, 0, 1))
-    D -= 0.85 * aerated
+    D -= 0.85 * air * (1.0 - np.clip(replace, 0, 1))
     markings = 0.3 * vessels * (1.0 - ptx) * (1.0 - replace) * (1.0 - mediastinum)
     masks["markings"] = markings
     D += markings
-    D -= 0.08 * ptx * (1.0 - mediastinum)
-    gas = _step((1.0 - _norm((X - 0.42) / 0.11, (Y - thorax["left"].dome - 0.11) / 0.06)) * 0.06 / 0.02)
+    D -= 0.08 * ptx * (1.0 - mediastinum)  # pleural air without vessels
+    gas = _step((1.0 - _norm((X - 0.42) / 0.11, (Y - thorax["left"].dome - 0.11) / 0.06)) * 3.0)
     D -= 0.3 * gas * body  # gastric bubble under the left hemidiaphragm
     D = _bones_and_airway(D, X, Y, e, ap, thorax, body)
     D = _devices(D, X, Y, e, f.devices, masks)
@@ -566,7 +613,7 @@ def _bones_and_airway(D, X, Y, e, ap: bool, thorax: dict[str, _Hemithorax], body
     for s in (-1, 1):
         h = thorax["right" if s < 0 else "left"]
         t = s * X
-        pts = [(s * 0.08, -0.68 + lift), (s * 0.3, -0.72 + lift), (s * 0.5, -0.73 + lift), (s * 0.74, (-0.76 if ap else -0.86) + lift)]
+        pts = [(s * 0.08, -0.63 + lift), (s * 0.3, -0.67 + lift), (s * 0.5, -0.69 + lift), (s * 0.74, (-0.72 if ap else -0.8) + lift)]
         dist = _segment_distance(X, Y, pts)
         width = 0.026 + 0.008 * np.clip(1 - np.abs(t - 0.4) / 0.35, 0, 1)
         D += _step((width - dist) / e) * (0.25 + 0.15 * _step((dist - width + 0.008) / e))
