@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -181,7 +182,11 @@ def test_extended_llm_keeps_text_logits():
     v0 = 40
     config = llm.LLMConfig(vocab_size=v0, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
                            num_kv_heads=1, head_dim=8)
-    params = llm.init_params(config, jax.random.key(0))
+    # Random weights of the decoder's parameter shapes (eval_shape: no compiled init, which is slow on CPU).
+    tok = np.zeros((1, 1), np.int32)
+    shapes = nn.unbox(jax.eval_shape(llm.Decoder(config).init, jax.random.key(0), tok, tok)["params"])
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: rng.normal(0.0, 0.5, s.shape).astype(np.float32), shapes)
     layout = vocab_lib.VocabLayout(text_vocab_size=v0, codebook_size=8, codes_per_image=4, eos_id=0)
     new, _ = extend_embeddings(params, layout, v0, jax.random.key(1))
     tokens = np.array([[1, 5, 9, 39]], np.int32)
