@@ -21,9 +21,8 @@ RES = 16
 def _build(manual_dir, data_dir, views=("PA", "AP"), deid="token"):
     config = MimicCxrConfig(name=f"test_{'_'.join(views)}_{deid}_r{RES}", resolution=RES, views=views, deid=deid)
     builder = MimicCxr(config=config, data_dir=str(data_dir))
-    builder.download_and_prepare(
-        file_format="array_record", download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
-    )
+    # No file_format given: the builder defaults to array_record, which as_data_source needs.
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
     return {split: {e["study_id"].decode(): e for e in builder.as_data_source(split)} for split in builder.info.splits}
 
 

@@ -205,6 +205,10 @@ class IuXray(tfds.core.GeneratorBasedBuilder):
     The collection is licensed CC BY-NC-ND 4.0 (Demner-Fushman et al., JAMIA 2016).
     """
 
+    def __init__(self, *, file_format: str | None = None, **kwargs):
+        # Read through tfds.data_source + grain, which need array_record files.
+        super().__init__(file_format=file_format or "array_record", **kwargs)
+
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(image_features(self.builder_config.resolution)),

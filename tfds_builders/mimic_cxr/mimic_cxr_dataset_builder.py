@@ -103,6 +103,10 @@ class MimicCxr(tfds.core.GeneratorBasedBuilder):
                                                                        manual_dir/mimic-cxr-reports/files/)
     """
 
+    def __init__(self, *, file_format: str | None = None, **kwargs):
+        # Read through tfds.data_source + grain, which need array_record files.
+        super().__init__(file_format=file_format or "array_record", **kwargs)
+
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(image_features(self.builder_config.resolution)),
