@@ -148,6 +148,14 @@ def test_load_source_builds_from_manual_dir_then_reads(tmp_path):
     )
     assert sorted(e["study_id"].decode() for e in source) == ["CXR10_IM-0002", "CXR1_1_IM-0001"]
     assert source[0]["image"].shape == (128, 128, 1)
+    # The TFDS source feeds the grain pipeline: examples decode to numpy and batch.
+    def preprocess(example, rng):
+        return {"image": example["image"].astype(np.float32) / 255.0, "labels": example["labels"]}
+
+    batch = next(iter(pipeline.make_train_dataset(source, preprocess, batch_size=2, seed=0, shard_index=0, shard_count=1)))
+    assert batch["image"].shape == (2, 128, 128, 1) and batch["labels"].shape == (2, 14)
+    evals = list(pipeline.make_eval_batches(source, lambda e: preprocess(e, None), batch_size=3))
+    assert len(evals) == 1 and evals[0]["valid"].tolist() == [True, True, False]
     # Prepared now: a second call reads without manual_dir.
     again = pipeline.load_source("iu_xray", "test", data_dir=str(tmp_path / "data"), builder_config="r2gen_r128")
     assert [e["study_id"].decode() for e in again] == ["CXR4_IM-2050"]
