@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mavilt_jax.data import labels as labels_lib
+from mavilt_jax.data import synthetic_reports, vqa
 
 SIDES = ("right", "left")
 
@@ -354,6 +355,12 @@ class _Hemithorax:
         return np.maximum(self.cage_sdf(t, y), (y - self.dome_y(t)) * 0.5)
 
 
+def _half(R: int, s: int) -> slice:
+    """Image columns that can hold patient points with s * x > -0.1 (one hemithorax and the
+    midline), whatever the acquisition's rotation, shift and scale."""
+    return slice(0, int(np.ceil(0.6 * R))) if s < 0 else slice(int(np.floor(0.4 * R)), R)
+
+
 def _hemithoraces(f: Findings) -> dict[str, _Hemithorax]:
     lift = 0.08 if f.view == "AP" else 0.0  # supine AP films: lower lung volumes
     out = {}
@@ -532,22 +539,25 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
     fine = np.exp(-((_sample(fine_field, X * 40, Y * 40) / 0.3) ** 2))
     hila = {}
     for side, h in thorax.items():
-        sdf = h.lung_sdf(h.s * X, Y)
+        cols = _half(R, h.s)  # everything of this lung lies in these columns
+        x, y = X[:, cols], Y[:, cols]
+        sdf = h.lung_sdf(h.s * x, y)
         lung = _step(-sdf / e)
-        masks[f"lung_{side}"] = lung
-        depth = np.sqrt(np.clip(-sdf * 5.0, 0.0, 1.0)) * (1.0 - breast * np.clip((Y + 0.1) / 0.5, 0, 1))
-        air += lung * (0.5 + 0.25 * depth)
+        masks[f"lung_{side}"] = np.zeros_like(X)
+        masks[f"lung_{side}"][:, cols] = lung
+        depth = np.sqrt(np.clip(-sdf * 5.0, 0.0, 1.0)) * (1.0 - breast * np.clip((y + 0.1) / 0.5, 0, 1))
+        air[:, cols] += lung * (0.5 + 0.25 * depth)
         hx, hy = h.s * 0.19, -0.1 if side == "left" else -0.06
         hila[side] = (hx, hy)
-        rho, ang = _norm(X - hx, Y - hy), np.arctan2(Y - hy, X - hx)
+        rho, ang = _norm(x - hx, y - hy), np.arctan2(y - hy, x - hx)
         # Noise stretched along the radius gives radial ridges: trunks and finer branches.
         lr = np.log(rho + 0.05)
         trunk = _sample(vessel_field, ang * (0.6 * _FIELD / np.pi), lr * 6.0)
         branch = _sample(vessel_field, ang * (1.3 * _FIELD / np.pi) + 17.0, lr * 11.0 + 5.0)
         near = np.exp(-rho / 0.3) * (1.0 - np.exp(-((rho / 0.1) ** 2)))
         ridges = np.exp(-((trunk / (0.18 + 0.3 * near)) ** 2)) + 0.6 * np.exp(-((branch / 0.2) ** 2))
-        vessels += lung * (ridges * (0.08 + 0.8 * near) + 0.1 * fine * (0.3 + near))
-        D += 0.3 * np.exp(-((rho / 0.075) ** 2))  # hilar vessels
+        vessels[:, cols] += lung * (ridges * (0.08 + 0.8 * near) + 0.1 * fine[:, cols] * (0.3 + near))
+        D[:, cols] += 0.3 * np.exp(-((rho / 0.075) ** 2))  # hilar vessels
 
     # Mediastinum and heart displace the medial lung.
     heart = _heart(X, Y, e, f.ctr, thorax)
@@ -612,27 +622,29 @@ def _bones_and_airway(D, X, Y, e, ap: bool, thorax: dict[str, _Hemithorax], body
     lift = -0.07 if ap else 0.0
     for s in (-1, 1):
         h = thorax["right" if s < 0 else "left"]
-        t = s * X
+        cols = _half(X.shape[1], s)
+        x, y, D_side = X[:, cols], Y[:, cols], D[:, cols]  # views: D is updated in place
+        t = s * x
         pts = [(s * 0.08, -0.63 + lift), (s * 0.3, -0.67 + lift), (s * 0.5, -0.69 + lift), (s * 0.74, (-0.72 if ap else -0.8) + lift)]
-        dist = _segment_distance(X, Y, pts)
+        dist = _segment_distance(x, y, pts)
         width = 0.026 + 0.008 * np.clip(1 - np.abs(t - 0.4) / 0.35, 0, 1)
-        D += _step((width - dist) / e) * (0.25 + 0.15 * _step((dist - width + 0.008) / e))
-        cage = _step((0.06 - h.cage_sdf(t, Y)) / 0.03) * _step((t - 0.06) / 0.03)
+        D_side += _step((width - dist) / e) * (0.25 + 0.15 * _step((dist - width + 0.008) / e))
+        cage = _step((0.06 - h.cage_sdf(t, y)) / 0.03) * _step((t - 0.06) / 0.03)
         # Posterior ribs arch up from the spine and run down laterally; spacing widens caudally.
-        phi = (Y + 0.9 + 0.12 * t - 1.1 * np.maximum(t - 0.3, 0) ** 2) / 0.1
+        phi = (y + 0.9 + 0.12 * t - 1.1 * np.maximum(t - 0.3, 0) ** 2) / 0.1
         phi = phi - 0.015 * phi**2
         frac = phi - np.floor(phi)
         band = _step((0.32 - np.abs(frac - 0.2)) * 0.1 / e - 0.5) * _step((frac - 0.0) * 0.1 / e)
         cortex = np.exp(-(((frac - 0.5) * 0.1 / 0.006) ** 2)) + np.exp(-(((frac + 0.0 - 0.02) * 0.1 / 0.006) ** 2))
         ribs = (0.07 * band + 0.05 * cortex) * cage * _step(phi / 0.3) * _step((11.0 - phi) / 0.3)
         # Anterior ribs: faint, sloping down medially.
-        phia = (Y + 1.0 - 0.4 * (0.9 - t)) / 0.17
+        phia = (y + 1.0 - 0.4 * (0.9 - t)) / 0.17
         fa = phia - np.floor(phia)
         ribs += 0.045 * _step((0.25 - np.abs(fa - 0.3)) * 0.17 / e) * cage * _step((t - 0.2) / 0.05) * _step(phia) * _step(5.5 - phia)
-        D += ribs
+        D_side += ribs
         sc_t = 0.78 if ap else 0.96
-        scap = _step((1.0 - _norm((t - sc_t) / 0.15, (Y + 0.45) / 0.35)) * 0.15 / (2 * e))
-        D += 0.12 * scap * body
+        scap = _step((1.0 - _norm((t - sc_t) / 0.15, (y + 0.45) / 0.35)) * 0.15 / (2 * e))
+        D_side += 0.12 * scap * body[:, cols]
     return D
 
 
@@ -679,8 +691,6 @@ def generate_study(seed: int, index: int, resolution: int = 128, prevalence: Pre
     Findings, report and VQA depend on (seed, index) only, so the same study at two resolutions
     shows and says the same thing.
     """
-    from mavilt_jax.data import synthetic_reports, vqa  # text side imports this module's types
-
     if resolution < 32:
         raise ValueError(f"resolution must be >= 32, got {resolution}")
     streams = np.random.SeedSequence([int(seed), int(index)]).spawn(4)
