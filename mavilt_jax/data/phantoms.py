@@ -9,8 +9,10 @@ A study is drawn in three steps, each deterministic given its random stream:
 Images are rendered analytically on a normalised patient grid (x, y in [-1, 1], y down; the
 patient's right is on the image left, as on a real frontal film), so every resolution shows the
 same anatomy and findings. Tissue is accumulated as a radiographic density D (soft tissue ~1,
-aerated lung ~0.2, bone +0.3 to 0.5, metal > 2) and exposed as 1 - exp(-k D); pathologies act
+aerated lung ~0.2, bone +0.1 to 0.4, metal +1.5) and exposed as 1 - exp(-k D); pathologies act
 physically: fluid and consolidation replace lung air, a pneumothorax adds air without vessels.
+Every random number of a rendering is drawn before any layer is built, so the same study with
+one finding removed differs only where that finding was.
 
 Shape legend: R image side in pixels; all fields are float [R, R] unless stated.
 """

@@ -5,7 +5,8 @@ several phrasings, the order of the findings varies, and which absent observatio
 negative is part of the findings record (``Findings.negated``), so the text is not a fixed function
 of the labels while the labels stay a fixed function of the text:
 
-- every positive observation is stated positively (in both sections);
+- every positive observation is stated positively, in the IMPRESSION and (except the
+  pneumonia interpretation, which only the impression gives) in the FINDINGS;
 - every uncertain observation is stated with a hedge ("possible", "may represent",
   "cannot be excluded"), never positively;
 - every observation in ``Findings.negated`` is stated negatively ("no", "without",
@@ -194,8 +195,8 @@ def _sentences(f: "Findings", rng: np.random.Generator) -> list[tuple[str, str, 
         a = f.atelectasis
         where = "bibasilar" if a.side == "bilateral" else f"{a.side} basilar"
         if a.hedged:
-            s = pick([f"Possible {where} atelectasis.", f"Linear opacity at the {a.side if a.side != 'bilateral' else 'lung'} base may represent atelectasis."])
-            s = s.replace("Linear opacity", "Linear density")  # 'opacity' would mention Lung Opacity
+            # "density", not "opacity": the latter would mention Lung Opacity.
+            s = pick([f"Possible {where} atelectasis.", f"Linear density at the {'lung bases' if a.side == 'bilateral' else a.side + ' base'} may represent atelectasis."])
             out.append(("lungs", s, f"Possible {where} atelectasis."))
         else:
             s = pick([f"{where.capitalize()} atelectasis.", f"There is {where} plate-like atelectasis.", f"Subsegmental atelectasis at the {'lung bases' if a.side == 'bilateral' else a.side + ' base'}."])
@@ -229,8 +230,9 @@ def compose_report(findings: "Findings", rng: np.random.Generator) -> Report:
         if group == "lungs" and len(items) > 1:
             items = [items[i] for i in rng.permutation(len(items))]
         body.extend(items)
-    if not body:
-        body.append("Frontal view of the chest.")
+    if not body or rng.random() < 0.25:  # a technique line, as many reports open with
+        portable = "Portable AP" if findings.view == "AP" else "PA"
+        body.insert(0, str(rng.choice([f"{portable} view of the chest.", f"Single {findings.view} radiograph of the chest."])))
     # Pathology first, devices last in the impression.
     impression = [im for (g, _, im) in positives if g != "devices"] + [im for (g, _, im) in positives if g == "devices"]
     if findings.is_normal:
