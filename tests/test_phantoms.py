@@ -42,6 +42,10 @@ def test_normal_fraction_and_prevalence_override():
     assert all(P.sample_findings(rng, {"normal": 1.0}).is_normal for _ in range(50))
     counts = [P.sample_findings(rng, {"normal": 0.0, "pneumothorax": 1.0}).pneumothorax is not None for _ in range(50)]
     assert all(counts)
+    with pytest.raises(ValueError, match="unknown prevalence"):
+        P.sample_findings(rng, {"pneumothorx": 0.5})
+    with pytest.raises(ValueError, match="probabilities"):
+        P.sample_findings(rng, {"normal": 1.5})
 
 
 def _pair(findings: P.Findings, resolution: int = 128, seed: int = 0):

@@ -137,6 +137,19 @@ class Prevalence:
     ap_view: float = 0.3
 
 
+def as_prevalence(prevalence: Prevalence | Mapping[str, float] | None) -> Prevalence:
+    """A Prevalence from overrides of its defaults; unknown names or non-probabilities raise."""
+    if isinstance(prevalence, Prevalence):
+        return prevalence
+    overrides = dict(prevalence or {})
+    known = {f.name for f in dataclasses.fields(Prevalence)}
+    if unknown := sorted(set(overrides) - known):
+        raise ValueError(f"unknown prevalence names {unknown}; known: {sorted(known)}")
+    if bad := {k: v for k, v in overrides.items() if not 0.0 <= float(v) <= 1.0}:
+        raise ValueError(f"prevalences must be probabilities in [0, 1], got {bad}")
+    return Prevalence(**{k: float(v) for k, v in overrides.items()})
+
+
 def _hedge(rng: np.random.Generator, p: Prevalence, subtle: bool) -> bool:
     return bool(subtle and rng.random() < p.hedge)
 
@@ -216,7 +229,7 @@ def _sample_negated(rng: np.random.Generator, f: Findings) -> tuple[str, ...]:
 
 def sample_findings(rng: np.random.Generator, prevalence: Prevalence | Mapping[str, float] | None = None) -> Findings:
     """Draws a findings record; about ``prevalence.normal`` of studies have no pathology."""
-    p = prevalence if isinstance(prevalence, Prevalence) else Prevalence(**(prevalence or {}))
+    p = as_prevalence(prevalence)
     view = "AP" if rng.random() < p.ap_view else "PA"
     kw: dict[str, Any] = {}
     if rng.random() >= p.normal:
