@@ -1,0 +1,139 @@
+"""Stage 1 / stage 2 step pieces, with values: code slots, the masked cross-entropy, L_recon
+(zero when the model is certain of the true codes, finite with gradients otherwise), and the
+weight anchor (lambda_reg > 0 keeps the weights nearer the pretrained ones)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import stage1 as stage1_config
+from mavilt_jax import losses
+from mavilt_jax.data import phantoms
+from mavilt_jax.data.vocab import BPE_EOS, ExtendedVocab, VocabLayout, train_bpe
+from mavilt_jax.stages import multimodal
+from mavilt_jax.stages.text_pretrain import synthetic_report_texts
+
+jax.config.update("jax_disable_most_optimizations", True)
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory):
+    """A "text-pretraining workdir" holding only the vocabulary (the LLM stays at its init)."""
+    d = tmp_path_factory.mktemp("text")
+    tok = train_bpe(synthetic_report_texts(200, 0), 300)
+    ExtendedVocab(tok, codebook_size=0, codes_per_image=0, eos_token=BPE_EOS).save(d / multimodal.VOCAB_DIR)
+    return d
+
+
+def make_stage(text_dir, tmp_path, *, recon=0.0, reg=0.0, cls=multimodal.Stage1, res=32):
+    config = stage1_config.get_config(f"runlocal,model=tiny,text={text_dir},recon={recon},reg={reg},res={res}")
+    config.vqgan.model.update(channel_multipliers=(1, 2, 2, 4), base_channels=8, embedding_dim=8, codebook_size=32,
+                              norm_groups=4)  # 32 px / 8 -> 4 x 4 = 16 codes
+    config.sequence.max_len = 160
+    config.optimizer.learning_rate = 1e-2
+    config.optimizer.warmup_steps = 0
+    stage = cls(config)
+    stage.setup(str(tmp_path))
+    return stage
+
+
+def init(stage):
+    """The state as the loop makes it: logical-axis boxes removed."""
+    return nn.unbox(jax.jit(stage.init_state)(jax.random.key(0)))
+
+
+def batch_of(stage, n=2, seed=0):
+    rng = np.random.default_rng(seed)
+    examples = []
+    for i in range(n):
+        study = phantoms.generate_study(seed, i, resolution=32)
+        study["image"] = study["image"][..., None]
+        examples.append(stage.preprocess(study, rng))
+    return {k: jnp.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def test_fill_code_slots_matches_a_loop():
+    layout = VocabLayout(text_vocab_size=10, codebook_size=5, codes_per_image=3, eos_id=0)
+    ids = np.array([[1, 10, 10, 2, 10, 3], [1, 2, 3, 4, 5, 6], [10, 4, 10, 10, 17, 18]], np.int32)
+    codes = np.array([[4, 0, 2], [1, 1, 1], [3, 2, 1]], np.int32)
+    got = np.asarray(multimodal.fill_code_slots(jnp.asarray(ids), jnp.asarray(codes), layout))
+    want = ids.copy()
+    for r in range(3):
+        slots = [j for j in range(6) if 10 <= ids[r, j] < 15]
+        if len(slots) == 3:
+            want[r, slots] = codes[r] + 10
+    np.testing.assert_array_equal(got, want)
+    assert got[1].tolist() == ids[1].tolist()  # no image span: unchanged
+
+
+def test_masked_cross_entropy_by_hand():
+    logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]]))
+    total, count = multimodal.masked_cross_entropy(logits, jnp.array([[0, 1]]), jnp.array([[1.0, 0.0]]))
+    assert float(total) == pytest.approx(-np.log(0.5), rel=1e-6) and float(count) == 1.0
+
+
+def test_stage1_batch_has_both_directions_and_real_codes(text_dir, tmp_path):
+    stage = make_stage(text_dir, tmp_path)
+    state = init(stage)
+    batch = batch_of(stage)
+    seq = jax.jit(stage.prepare_batch)(state.frozen, batch)
+    codes = np.asarray(stage.vqgan.apply({"params": state.frozen["vqgan"]}, batch["image"], method="encode"))
+    lay = stage.layout
+    for r in range(4):  # rows: (i2r, r2i) per example; both carry the example's codes in order
+        toks = np.asarray(seq["tokens"][r])
+        got = toks[(toks >= lay.image_offset) & (toks < lay.special_offset)] - lay.image_offset
+        np.testing.assert_array_equal(got, codes[r // 2])
+    # Image targets are exactly the codes of the report -> image rows.
+    assert np.asarray(seq["is_image_target"][0]).sum() == 0
+    assert np.asarray(seq["is_image_target"][1]).sum() == lay.codes_per_image
+
+
+def test_recon_zero_when_certain_and_has_gradients_otherwise(text_dir, tmp_path):
+    stage = make_stage(text_dir, tmp_path, recon=1.0)
+    state = init(stage)
+    seq = jax.jit(stage.prepare_batch)(state.frozen, batch_of(stage))
+    B, L = seq["tokens"].shape
+    # Logits certain of every target: the expected codebook vectors are the true ones.
+    certain = 60.0 * jax.nn.one_hot(seq["targets"], stage.layout.size)
+    loss, terms = jax.jit(stage.recon_loss)(state.frozen, certain, seq)
+    assert float(loss) == pytest.approx(0.0, abs=1e-5)
+    # Random logits: finite, positive, and its gradient reaches the LLM parameters.
+    def recon_of(params):
+        logits, _ = stage.model.apply({"params": params}, seq["tokens"], seq["positions"])
+        return stage.recon_loss(state.frozen, logits, seq)[0]
+
+    value, grads = jax.jit(jax.value_and_grad(recon_of))(state.params)
+    assert np.isfinite(float(value)) and float(value) > 0
+    head = grads["lm_head"]["kernel"]
+    off, K = stage.layout.image_offset, stage.layout.codebook_size
+    assert float(jnp.abs(head[:, off:off + K]).max()) > 0  # image-code columns get gradient
+    assert float(jnp.abs(head[:, :off]).max()) == 0  # text columns do not (softmax restricted to codes)
+
+
+def _distance_after(stage, steps=4):
+    state = init(stage)
+    # The init is the "pretrained" model here: anchor = its pretrained rows.
+    anchor = losses.make_anchor(state.params, stage.layout.text_vocab_size, dtype=jnp.float32)
+    step = jax.jit(stage.train_step)
+    for i in range(steps):
+        state, m = step(state, batch_of(stage, seed=i), jax.random.key(i))
+    return float(losses.weight_anchor_loss(state.params, anchor))
+
+
+def test_weight_anchor_keeps_weights_nearer_pretrained(text_dir, tmp_path):
+    free = _distance_after(make_stage(text_dir, tmp_path / "a", reg=0.0))
+    anchored = _distance_after(make_stage(text_dir, tmp_path / "b", reg=1.0))
+    assert 0 < anchored < 0.7 * free, (anchored, free)
+
+
+def test_stage2_instruction_batch(text_dir, tmp_path):
+    stage = make_stage(text_dir, tmp_path, cls=multimodal.Stage2)
+    state = init(stage)
+    batch = batch_of(stage, n=3)
+    assert batch["tokens"].shape == (3, 160)
+    _, m = jax.jit(stage.train_step)(state, batch, jax.random.key(0))
+    assert np.isfinite(float(m["loss"])) and float(m["scored_tokens"]) > 0
