@@ -32,12 +32,28 @@ def test_matches_scipy_sqrtm(n, m, f):
     assert ours > 1.0
 
 
+@pytest.mark.parametrize("n,m,f", [(30, 40, 64), (50, 20, 48)])
+def test_fewer_samples_than_features(n, m, f):
+    """The sample-space path equals the F x F eigendecomposition path and scipy's sqrtm."""
+    rng = np.random.default_rng(f)
+    a = rng.normal(size=(n, f)) @ rng.normal(size=(f, f))
+    b = rng.normal(loc=0.2, size=(m, f)) @ rng.normal(size=(f, f))
+    ours = frechet.frechet_distance(a, b)
+    via_moments = frechet.frechet_distance_from_moments(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    # The F x F paths take square roots of round-off-sized eigenvalues of the null space
+    # (~1e-5 each after the root), so agreement is ~1e-8 relative, not exact.
+    assert ours == pytest.approx(via_moments, rel=1e-7)
+    assert ours == pytest.approx(_scipy_reference(a, b), rel=1e-7)
+
+
 def test_identical_sets_are_zero_and_symmetry():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(100, 24))
     assert abs(frechet.frechet_distance(a, a)) < 1e-8
     b = rng.normal(size=(90, 24)) * 1.5
     assert frechet.frechet_distance(a, b) == pytest.approx(frechet.frechet_distance(b, a), rel=1e-9)
+    small = a[:10]  # fewer samples than features
+    assert abs(frechet.frechet_distance(small, small)) < 1e-8
 
 
 def test_one_dimensional_closed_form():

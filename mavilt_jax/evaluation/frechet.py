@@ -5,7 +5,9 @@ FD = ||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))   (Heusel et al., 201
 The trace of the matrix square root is computed from the symmetric form
 tr((S_a S_b)^(1/2)) = tr((S_a^(1/2) S_b S_a^(1/2))^(1/2)): S_a^(1/2) from an eigendecomposition,
 then the eigenvalues of a symmetric PSD matrix, clipped at 0, in float64. This avoids the complex
-round-off of a general ``sqrtm`` on a product that is not symmetric.
+round-off of a general ``sqrtm`` on a product that is not symmetric. With fewer samples than
+features (the usual case for 2048-d Inception features on a test split) the same trace is the
+nuclear norm of a small sample-by-sample matrix (:func:`_frechet_in_sample_space`).
 
 Features come from any ``features_fn(images) -> [N, F]``: the project's CXR encoder phi
 (:func:`phi_features_fn`) or the Inception-v3 FID network (:mod:`.inception`).
@@ -20,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 
 
-def _moments(feats: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _checked(feats: np.ndarray, name: str) -> np.ndarray:
     feats = np.asarray(feats, np.float64)
     if feats.ndim != 2:
         raise ValueError(f"{name} must be [N, F], got shape {feats.shape}")
@@ -28,7 +30,7 @@ def _moments(feats: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{name} needs at least 2 samples for a covariance, got {feats.shape[0]}")
     if not np.isfinite(feats).all():
         raise ValueError(f"{name} contains non-finite values")
-    return feats.mean(0), np.cov(feats, rowvar=False)
+    return feats
 
 
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
@@ -50,13 +52,30 @@ def frechet_distance_from_moments(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.
     return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * tr_sqrt)
 
 
+def _frechet_in_sample_space(a: np.ndarray, b: np.ndarray) -> float:
+    """FD from centred samples when there are fewer samples than features.
+
+    With S_a = A^T A / (N-1), S_b = B^T B / (M-1) (A, B centred), the non-zero eigenvalues of
+    S_a^(1/2) S_b S_a^(1/2) (those of S_a S_b) are the squared singular values of
+    K = A B^T / sqrt((N-1)(M-1)) [N, M], so tr((S_a S_b)^(1/2)) is the nuclear norm of K: the
+    same quantity from an N x M SVD instead of two F x F eigendecompositions.
+    """
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = a - mu_a, b - mu_b
+    scale_a, scale_b = 1.0 / (len(a) - 1), 1.0 / (len(b) - 1)
+    tr_sqrt = np.linalg.svd(ca @ cb.T, compute_uv=False).sum() * np.sqrt(scale_a * scale_b)
+    diff = mu_a - mu_b
+    return float(diff @ diff + scale_a * np.sum(ca * ca) + scale_b * np.sum(cb * cb) - 2.0 * tr_sqrt)
+
+
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     """FD between feature sets [N, F] and [M, F]."""
-    mu_a, cov_a = _moments(feats_a, "feats_a")
-    mu_b, cov_b = _moments(feats_b, "feats_b")
-    if mu_a.shape != mu_b.shape:
-        raise ValueError(f"feature sizes differ: {mu_a.shape[0]} vs {mu_b.shape[0]}")
-    return frechet_distance_from_moments(mu_a, cov_a, mu_b, cov_b)
+    a, b = _checked(feats_a, "feats_a"), _checked(feats_b, "feats_b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sizes differ: {a.shape[1]} vs {b.shape[1]}")
+    if min(len(a), len(b)) < a.shape[1]:
+        return _frechet_in_sample_space(a, b)
+    return frechet_distance_from_moments(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
 
 
 def frechet_report(feats_real: np.ndarray, feats_generated: np.ndarray, extractor: str) -> dict[str, float | int | str]:

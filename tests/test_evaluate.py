@@ -1,0 +1,137 @@
+"""The evaluation entry point: scoring a predictions JSONL end to end, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mavilt_jax import evaluate
+from mavilt_jax.evaluation import clinical, frechet, labeler, nlg, records, suite, vqa_metrics
+
+REFERENCES = [
+    "The heart is normal in size. No pleural effusion or pneumothorax.",
+    "Mild cardiomegaly. Small left pleural effusion.",
+    "Right lower lobe consolidation. No pneumothorax.",
+    "No acute disease. The lungs are clear.",
+    "Left basilar atelectasis. Pacemaker in place.",
+]
+GENERATIONS = [
+    "Heart size is normal. No effusion.",
+    "Cardiomegaly with a left pleural effusion.",
+    "Possible right lower lobe pneumonia.",
+    "The lungs are clear.",
+    "Left basilar atelectasis.",
+]
+
+
+def _vqa(i: int) -> dict:
+    return {"task": "vqa", "study_id": f"s{i}", "question": "Is there cardiomegaly?",
+            "answer": "yes" if i % 2 else "no", "prediction": "yes" if i < 3 else "no",
+            "p_yes": 0.2 + 0.15 * i, "question_type": "presence", "answer_type": "closed"}
+
+
+def _write(path, rows, extra_lines=()):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+        for line in extra_lines:
+            f.write(line + "\n")
+
+
+def test_cli_scores_predictions(tmp_path):
+    rows = [{"task": "report_generation", "study_id": f"s{i}", "reference": r, "generation": g}
+            for i, (r, g) in enumerate(zip(REFERENCES, GENERATIONS))]
+    rows += [_vqa(i) for i in range(5)]
+    pred = tmp_path / "pred.jsonl"
+    _write(pred, rows, extra_lines=["{broken", json.dumps({"task": "vqa", "study_id": "x"})])
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "mavilt_jax.evaluate", f"--workdir={out}", f"--predictions={pred}",
+                           "--nometeor", "--nlg_resamples=3", "--resamples=40", "--uncertain=negative"],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    # Point estimates equal the metric functions applied directly.
+    direct_nlg = nlg.nlg_metrics(REFERENCES, GENERATIONS, meteor=False)
+    for name, value in direct_nlg.items():
+        assert results["report_generation"]["nlg"][name]["value"] == pytest.approx(value, abs=1e-12)
+    ce = clinical.clinical_efficacy(labeler.label_reports(REFERENCES), labeler.label_reports(GENERATIONS), "negative")
+    got = results["report_generation"]["clinical_efficacy"]
+    assert got["f1_micro"]["value"] == pytest.approx(ce["f1_micro"])
+    assert got["top5/f1_macro"]["value"] == pytest.approx(ce["top5/f1_macro"])
+    assert got["f1_micro"]["n"] == 5 and got["f1_micro"]["resamples"] == 40
+    assert got["f1_micro"]["ci_low"] <= got["f1_micro"]["ci_high"]
+    vqa = vqa_metrics.vqa_metrics(rows[5:])
+    assert results["vqa"]["metrics"]["accuracy"]["value"] == pytest.approx(vqa["accuracy"])
+    assert results["vqa"]["metrics"]["auroc_yes_no"]["value"] == pytest.approx(vqa["auroc_yes_no"])
+    # Bad lines are reported with their line numbers.
+    assert [s["line"] for s in results["skipped_records"]] == [11, 12]
+    card = (out / "report_card.md").read_text()
+    assert "Table I:" in card and "Table III:" in card and "Table II:" not in card
+    assert "uncertain -> negative" in card
+    # Per-sample outputs carry the labels, and re-scoring them gives the same figures.
+    per_sample = records.read_records(out / "per_sample.jsonl")
+    gen = per_sample.by_task["report_generation"]
+    np.testing.assert_array_equal(np.array([r["reference_labels"] for r in gen]), labeler.label_reports(REFERENCES))
+    again = suite.score_report_generation(gen, suite.EvalConfig(meteor=False, nlg_resamples=3, resamples=40,
+                                                                uncertain="negative"))
+    assert again["clinical_efficacy"]["f1_micro"] == got["f1_micro"]
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "--predictions"),
+    (["--predictions=/nonexistent/p.jsonl"], "predictions file not found"),
+    (["--predictions=/dev/null", "--uncertain=maybe"], "uncertain"),
+    (["--predictions=/dev/null", "--resamples=0"], "resample"),
+])
+def test_cli_bad_arguments_exit_with_a_message(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "mavilt_jax.evaluate", f"--workdir={tmp_path}", *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def _pixels(images: np.ndarray) -> np.ndarray:
+    """A cheap stand-in feature extractor: 4x4 block means."""
+    x = images.astype(np.float64)
+    n, h, w = x.shape
+    return x.reshape(n, 4, h // 4, 4, w // 4).mean(axis=(2, 4)).reshape(n, 16)
+
+
+def test_report_to_image_scoring(tmp_path):
+    rng = np.random.default_rng(0)
+    rows, real, gen = [], [], []
+    for i, report in enumerate(REFERENCES):
+        r_im = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+        g_im = rng.integers(0, 200, (16, 16), dtype=np.uint8)
+        Image.fromarray(r_im).save(tmp_path / f"real{i}.png")
+        Image.fromarray(g_im).save(tmp_path / f"gen{i}.png")
+        real.append(r_im)
+        gen.append(g_im)
+        rows.append({"task": "report_to_image", "study_id": f"s{i}", "report": report,
+                     "real_image": f"real{i}.png", "generated_image": str(tmp_path / f"gen{i}.png")})
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    rows.append({"task": "report_to_image", "study_id": "bad", "report": "x", "generated_image": "broken.png"})
+    pred = tmp_path / "pred.jsonl"
+    _write(pred, rows)
+
+    def classifier(images):  # probability of each finding: mean brightness, same for all
+        return np.repeat(images.reshape(len(images), -1).mean(1, keepdims=True) / 255.0, 14, axis=1)
+
+    cfg = suite.EvalConfig(fid_extractors=("pixels",), fid_resamples=5, resamples=30)
+    results = evaluate.evaluate(pred, tmp_path / "out", cfg, features_fns={"pixels": _pixels}, classifier_fn=classifier)
+    res = results["report_to_image"]
+    assert res["n_studies"] == 5 and len(res["skipped_images"]) == 1
+    fd = res["fid"]["pixels"]
+    assert fd["value"] == pytest.approx(frechet.frechet_distance(_pixels(np.stack(real)), _pixels(np.stack(gen))))
+    assert fd["n_real"] == fd["n_generated"] == 5 and fd["feature_dim"] == 16
+    assert res["conditional"]["counts"]["n_requested/Cardiomegaly"] == 1
+    assert Image.open(tmp_path / "out" / "image_grid.png").size == (5 * 128, 256)
+    assert "Table II" in (tmp_path / "out" / "report_card.md").read_text()
+    with pytest.raises(ValueError, match="no feature extractor"):
+        evaluate.evaluate(pred, tmp_path / "out2", suite.EvalConfig(fid_extractors=("phi",)), classifier_fn=classifier)
