@@ -118,7 +118,8 @@ def test_rows_in_a_batch_equal_rows_alone(model):
     sampler = sampling.Sampler(8, mode="any", temperature=0.0)
     tokens, lengths = _left_pad(PROMPTS)
     batched = sampling.generate(params, config, tokens, lengths, sampler=sampler, rng=jax.random.key(0), layout=L)
-    for row, prompt in enumerate(PROMPTS):
+    for row in (0, 1):  # the shortest-padded and the unpadded row (one compilation each)
+        prompt = PROMPTS[row]
         alone = sampling.generate(params, config, np.array([prompt]), np.array([len(prompt)]), sampler=sampler,
                                   rng=jax.random.key(0), layout=L)
         np.testing.assert_array_equal(np.asarray(alone.tokens[0]), np.asarray(batched.tokens[row]))

@@ -280,11 +280,17 @@ def _undo_rope_permutation(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, rows // n_head // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-def gguf_hf_tensors(path: PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """A llama-architecture GGUF file -> (HF config dict, dequantised float32 tensors by HF name)."""
+def gguf_hf_tensors(source: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A llama-architecture GGUF file (path or open ``gguf.GGUFReader``) -> (HF config dict,
+    dequantised float32 tensors by HF name)."""
     import gguf  # the reader is only needed here
 
-    reader = gguf.GGUFReader(str(path))
+    if isinstance(source, gguf.GGUFReader):
+        reader = source
+    else:
+        if not pathlib.Path(source).is_file():
+            raise FileNotFoundError(f"GGUF file {source} not found")
+        reader = gguf.GGUFReader(str(source))
     arch = _gguf_field(reader, "general.architecture")
     if arch != "llama":
         raise ValueError(f"GGUF architecture {arch!r} is not supported (expected 'llama')")
@@ -349,12 +355,10 @@ def gguf_hf_tensors(path: PathLike) -> tuple[dict[str, Any], dict[str, np.ndarra
     return hf_config, tensors
 
 
-def load_gguf(path: PathLike, **config_overrides: Any) -> tuple[LLMConfig, dict]:
-    """Loads a llama-architecture GGUF file -> (LLMConfig, params), weights dequantised to float32."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"GGUF file {path} not found")
-    hf_config, tensors = gguf_hf_tensors(path)
+def load_gguf(source: Any, **config_overrides: Any) -> tuple[LLMConfig, dict]:
+    """Loads a llama-architecture GGUF file (path or ``gguf.GGUFReader``) -> (LLMConfig, params),
+    weights dequantised to float32."""
+    hf_config, tensors = gguf_hf_tensors(source)
     config = config_from_hf(hf_config, **config_overrides)
     return config, params_from_hf_tensors(tensors, config)
 
