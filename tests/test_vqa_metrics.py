@@ -78,3 +78,34 @@ def test_conditional_correctness():
     assert out["auroc_macro"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="probabilities"):
         conditional.conditional_correctness(probs[:, :3], requested)
+
+
+def test_real_iu_vqa_follows_the_labeler(shared_data):
+    from mavilt_jax.data import vqa as vqa_lib
+    from mavilt_jax.evaluation import labeler, real_vqa
+    from mavilt_jax.evaluation.iu_mesh import report_text
+    import csv
+
+    iu = shared_data / "iu_xray"
+    items = real_vqa.build_iu_vqa(iu / "indiana_reports.csv", split="test")
+    split = real_vqa.read_split(iu / "r2gen_split.csv")
+    studies = {i["study_id"] for i in items}
+    # Nearly all of R2Gen's 590 test studies get questions, and only test studies do.
+    assert 550 <= len(studies) <= 590 and all(split[s] == "test" for s in studies)
+    with open(iu / "indiana_reports.csv", newline="") as f:
+        text = {r["uid"]: report_text(r) for r in csv.DictReader(f)}
+    question_to_observation = {q: name for name, qs in vqa_lib.PRESENCE_QUESTIONS.items() for q in qs}
+    by_uid = {}
+    for item in items:
+        assert set(item) == {"study_id", "uid", "question", "answer", "answer_type", "question_type"}
+        vec = by_uid.setdefault(item["uid"], labeler.label_report(text[item["uid"]]))
+        if item["question_type"] == "presence":
+            state = int(vec[L.INDEX[question_to_observation[item["question"]]]])
+            assert (item["answer"] == "yes") == (state == L.POSITIVE)
+            assert state != L.UNCERTAIN
+        elif item["question_type"] == "normality":
+            assert (item["answer"] == "yes") == (int(vec[L.INDEX["No Finding"]]) == L.POSITIVE)
+    # Deterministic per (seed, uid).
+    assert real_vqa.build_iu_vqa(iu / "indiana_reports.csv", split="test")[:20] == items[:20]
+    with pytest.raises(ValueError, match="split"):
+        real_vqa.build_iu_vqa(iu / "indiana_reports.csv", split="holdout")
