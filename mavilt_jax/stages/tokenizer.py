@@ -76,7 +76,7 @@ class TokenizerStage(Stage):
                 phi_cfg = cxr_encoder_stage.model_config(ml_collections.ConfigDict(saved))
                 self.phi_image_size = saved["model"]["image_size"]
             elif config.phi.get("allow_random", False):
-                phi_cfg = cxr_encoder_stage.model_config(config.phi)
+                phi_cfg = cxr_encoder_stage.model_config(ml_collections.ConfigDict({"model": config.phi}))
                 self.phi_image_size = config.phi.image_size
             else:
                 raise ValueError("loss.lambda_feat > 0 needs phi.checkpoint (a trained CXR encoder workdir)")
