@@ -18,7 +18,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = common.parse_arg(arg, runlocal=False, res=0, independent=False, arch="resnet", steps=0)
     config = common.base_config(stage="cxr_encoder")
     res = arg.res or (64 if arg.runlocal else 256)
-    config.data = common.data_config("synthetic_cxr", "r64_small" if res <= 64 else "r128")
+    config.data = common.data_config("synthetic_cxr", "r64" if res <= 64 else "r128")
     config.total_steps = 5_000
     config.batch_size = 64
     config.optimizer = common.optimizer_config(learning_rate=1e-3, warmup_steps=200)

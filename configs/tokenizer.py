@@ -18,7 +18,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = common.parse_arg(arg, runlocal=False, res=0, phi="", clinical=True, steps=0, codebook=0)
     config = common.base_config(stage="tokenizer")
     res = arg.res or (64 if arg.runlocal else 256)
-    config.data = common.data_config("synthetic_cxr", "r64_small" if res <= 64 else "r128")
+    config.data = common.data_config("synthetic_cxr", "r64" if res <= 64 else "r128")
     config.total_steps = 50_000
     config.batch_size = 32
     config.optimizer = common.optimizer_config(learning_rate=2e-4, warmup_steps=500)
