@@ -124,6 +124,37 @@ def test_nodule_and_consolidation_are_brighter_than_lung():
         assert img[region].mean() > ref[region].mean() + 20, name
 
 
+@pytest.mark.parametrize("healed", [False, True])
+def test_rib_fracture_changes_only_its_site(healed):
+    f = P.Findings(fracture=P.Fracture("right", 6, healed=healed))
+    img, ref, masks, _ = _pair(f, resolution=256)
+    site = masks["fracture"] > 0.3
+    assert site.any()
+    rows, cols = np.nonzero(site)
+    changed = np.abs(img - ref) > 4
+    assert changed[site].mean() > 0.3  # the break (or callus) shows where it is recorded
+    # Nothing changes beyond a rib's height around the site (and, for an acute fracture, along
+    # the displaced lateral fragment, which on the right side lies toward the image left).
+    window = np.zeros_like(changed)
+    lateral_end = 0 if not healed else max(cols.min() - 12, 0)
+    below = 12 if healed else 30  # the ribs run downward laterally
+    window[max(rows.min() - 12, 0):rows.max() + below, lateral_end:cols.max() + 12] = True
+    assert not (changed & ~window).any()
+    assert cols.max() < 128
+    if healed:  # callus is bone: brighter
+        assert img[site].mean() > ref[site].mean() + 3
+
+
+def test_widened_mediastinum_is_wider():
+    f = P.Findings(widened_mediastinum=P.WidenedMediastinum(0.19))
+    _, masks = P.render_with_masks(f, 128, np.random.default_rng(0))
+    _, ref_masks = P.render_with_masks(P.Findings(), 128, np.random.default_rng(0))
+    row = 40  # the superior mediastinum, above the heart
+    width = (masks["mediastinum"][row] > 0.5).sum()
+    ref_width = (ref_masks["mediastinum"][row] > 0.5).sum()
+    assert width > 1.4 * ref_width
+
+
 def test_devices_are_radiopaque():
     f = P.Findings(devices=("endotracheal tube", "pacemaker"))
     img, ref, masks, _ = _pair(f)

@@ -12,7 +12,7 @@ from mavilt_jax.data import phantoms, synthetic_reports
 
 # A deliberately simple reference labeler: per sentence, observation keywords and one state cue.
 KEYWORDS = {
-    "Enlarged Cardiomediastinum": r"mediastinal contours|cardiomediastinal silhouette",
+    "Enlarged Cardiomediastinum": r"mediastinal contours|cardiomediastinal silhouette|mediastin\w* (is |may be )?widen|widened mediastinum",
     "Cardiomegaly": r"cardiomegaly|heart size|heart is|heart may be|enlarged heart|cardiac silhouette",
     "Lung Opacity": r"opacit",
     "Lung Lesion": r"nodule|mass\b|masses",
@@ -70,8 +70,8 @@ def test_reports_state_exactly_their_labels():
         for i, v in enumerate(expected):
             seen[i, [L.POSITIVE, L.NEGATIVE, L.UNCERTAIN, L.ABSENT].index(v)] += 1
     # Every pathology the generator knows appears positive somewhere, most also uncertain.
-    for name in ("Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation", "Pneumonia",
-                 "Atelectasis", "Pneumothorax", "Pleural Effusion", "Support Devices", "No Finding"):
+    for name in ("Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
+                 "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Fracture", "Support Devices", "No Finding"):
         assert seen[L.INDEX[name], 0] > 0, name
     assert seen[:, 2].sum() > 10  # uncertain labels exist
 

@@ -52,7 +52,8 @@ def test_vqa_from_findings_agrees_with_labels_and_attributes():
             kinds.add(p["question_type"])
             if p["question_type"] == "laterality":
                 key = {"pleural effusion": "effusion", "pneumothorax": "pneumothorax", "atelectasis": "atelectasis",
-                       "opacity": "opacity", "consolidation": "opacity", "nodule": "nodule", "mass": "nodule"}
+                       "opacity": "opacity", "consolidation": "opacity", "nodule": "nodule", "mass": "nodule",
+                       "rib fracture": "fracture"}
                 item = next(attrs[v] for k, v in key.items() if k in p["question"].lower())
                 assert p["answer"] == item["side"]
             if p["question"] == "How large is the pleural effusion?":

@@ -84,6 +84,20 @@ class Atelectasis:
     hedged: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class WidenedMediastinum:
+    half_width: float  # of the superior mediastinum, patient units (normal: 0.10)
+    hedged: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Fracture:
+    side: str  # right | left
+    rib: int  # posterior rib number, 4..9
+    healed: bool = False  # healed: callus; acute: a gap and a displaced fragment
+    hedged: bool = False
+
+
 DEVICES = ("endotracheal tube", "central venous catheter", "nasogastric tube", "pacemaker")
 
 
@@ -105,11 +119,13 @@ class Findings:
     nodule: Nodule | None = None
     edema: Edema | None = None
     atelectasis: Atelectasis | None = None
+    widened_mediastinum: WidenedMediastinum | None = None
+    fracture: Fracture | None = None
     devices: tuple[str, ...] = ()
     negated: tuple[str, ...] = ()
 
     PATHOLOGIES = ("cardiomegaly", "effusion", "pneumothorax", "opacity", "nodule", "edema",
-                   "atelectasis")
+                   "atelectasis", "widened_mediastinum", "fracture")
 
     @property
     def is_normal(self) -> bool:
@@ -132,6 +148,8 @@ class Prevalence:
     nodule: float = 0.2
     edema: float = 0.15
     atelectasis: float = 0.2
+    widened_mediastinum: float = 0.07
+    fracture: float = 0.07
     devices: float = 0.25
     hedge: float = 0.15  # chance that a subtle finding is reported with uncertainty
     ap_view: float = 0.3
@@ -178,6 +196,10 @@ def finding_states(f: Findings) -> dict[str, int]:
         put("Edema", f.edema.hedged)
     if f.atelectasis:
         put("Atelectasis", f.atelectasis.hedged)
+    if f.widened_mediastinum:
+        put("Enlarged Cardiomediastinum", f.widened_mediastinum.hedged)
+    if f.fracture:
+        put("Fracture", f.fracture.hedged)
     if f.devices:
         put("Support Devices", False)
     return state
@@ -270,6 +292,8 @@ _SAMPLERS = {
     "nodule": lambda r, p: _sample_nodule(r, p),
     "edema": lambda r, p: Edema(sev := _pick(r, ("mild", "moderate"), (0.6, 0.4)), _hedge(r, p, sev == "mild")),
     "atelectasis": lambda r, p: Atelectasis(_pick(r, ("right", "left", "bilateral"), (0.35, 0.35, 0.3)), _hedge(r, p, True)),
+    "widened_mediastinum": lambda r, p: WidenedMediastinum(w := round(float(r.uniform(0.15, 0.2)), 3), _hedge(r, p, w < 0.165)),
+    "fracture": lambda r, p: Fracture(_pick(r, SIDES), int(r.integers(4, 10)), healed := bool(r.random() < 0.4), _hedge(r, p, not healed)),
 }
 
 
@@ -578,8 +602,10 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
     # Mediastinum and heart displace the medial lung.
     heart = _heart(X, Y, e, f.ctr, thorax)
     masks["heart"] = heart
-    width = 0.1 + 0.05 * np.clip((Y + 0.6) / 0.5, 0, 1)
+    half = f.widened_mediastinum.half_width if f.widened_mediastinum else 0.1
+    width = half + 0.05 * np.clip((Y + 0.6) / 0.5, 0, 1)
     upper = _step((width - np.abs(X - 0.01)) / e) * _step((0.1 - Y) / 0.05)
+    masks["mediastinum"] = upper
     knob = _step((0.07 - _norm(X - 0.11, Y + 0.44)) / e)
     mediastinum = np.maximum(np.maximum(heart, upper), knob)
     D += 0.06 * mediastinum
@@ -614,7 +640,7 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
     D -= 0.08 * ptx * (1.0 - mediastinum)  # pleural air without vessels
     gas = _step((1.0 - _norm((X - 0.42) / 0.11, (Y - thorax["left"].dome - 0.11) / 0.06)) * 3.0)
     D -= 0.3 * gas * body  # gastric bubble under the left hemidiaphragm
-    D = _bones_and_airway(D, X, Y, e, ap, thorax, body)
+    D = _bones_and_airway(D, X, Y, e, ap, thorax, body, f.fracture, masks)
     D = _devices(D, X, Y, e, f.devices, masks)
 
     # Exposure, detector response and noise.
@@ -625,8 +651,9 @@ def render_with_masks(findings: Findings, resolution: int, rng: np.random.Genera
     return image, masks
 
 
-def _bones_and_airway(D, X, Y, e, ap: bool, thorax: dict[str, _Hemithorax], body: np.ndarray):
-    """Spine, trachea, clavicles, ribs and the scapulae."""
+def _bones_and_airway(D, X, Y, e, ap: bool, thorax: dict[str, _Hemithorax], body: np.ndarray,
+                      fracture: Fracture | None, masks: dict):
+    """Spine, trachea, clavicles, ribs (one possibly fractured) and the scapulae."""
     AX = np.abs(X)
     spine = _step((0.075 - AX) / e)
     endplates = np.cos(np.pi * (Y + 1) / 0.085) ** 8
@@ -649,10 +676,26 @@ def _bones_and_airway(D, X, Y, e, ap: bool, thorax: dict[str, _Hemithorax], body
         # Posterior ribs arch up from the spine and run down laterally; spacing widens caudally.
         phi = (y + 0.9 + 0.12 * t - 1.1 * np.maximum(t - 0.3, 0) ** 2) / 0.1
         phi = phi - 0.015 * phi**2
+        site = None
+        if fracture is not None and (s < 0) == (fracture.side == "right"):
+            # The fracture site: lateral on the rib's arc; phi counts ribs from the first.
+            site = _step((0.012 - np.abs(t - 0.66)) / e) * _step((0.6 - np.abs(phi - fracture.rib + 0.7)) / 0.05)
+            if not fracture.healed:  # the lateral fragment is displaced by a third of a rib
+                phi = phi - 0.3 * _step((t - 0.66) / e) * _step((0.6 - np.abs(phi - fracture.rib + 0.7)) / 0.05)
         frac = phi - np.floor(phi)
         band = _step((0.32 - np.abs(frac - 0.2)) * 0.1 / e - 0.5) * _step((frac - 0.0) * 0.1 / e)
         cortex = np.exp(-(((frac - 0.5) * 0.1 / 0.006) ** 2)) + np.exp(-(((frac + 0.0 - 0.02) * 0.1 / 0.006) ** 2))
         ribs = (0.1 * band + 0.07 * cortex) * cage * _step(phi / 0.3) * _step((11.0 - phi) / 0.3)
+        if site is not None:
+            mask = np.zeros_like(X)
+            if fracture.healed:  # callus: a bony bulge around the old break
+                callus = np.exp(-(((t - 0.66) / 0.03) ** 2 + ((frac - 0.2) * 0.1 / 0.03) ** 2)) * _step((0.6 - np.abs(phi - fracture.rib + 0.7)) / 0.05)
+                ribs = ribs + 0.12 * callus
+                mask[:, cols] = callus
+            else:  # a lucent gap through the cortex
+                ribs = ribs * (1.0 - site)
+                mask[:, cols] = site
+            masks["fracture"] = mask
         # Anterior ribs: faint, sloping down medially.
         phia = (y + 1.0 - 0.4 * (0.9 - t)) / 0.17
         fa = phia - np.floor(phia)
@@ -729,7 +772,8 @@ def findings_from_json(text: str) -> Findings:
     """Inverse of ``Findings.to_json``."""
     d = json.loads(text)
     kinds = {"cardiomegaly": Cardiomegaly, "effusion": Effusion, "pneumothorax": Pneumothorax,
-             "opacity": Opacity, "nodule": Nodule, "edema": Edema, "atelectasis": Atelectasis}
+             "opacity": Opacity, "nodule": Nodule, "edema": Edema, "atelectasis": Atelectasis,
+             "widened_mediastinum": WidenedMediastinum, "fracture": Fracture}
     for name, cls in kinds.items():
         if d.get(name) is not None:
             d[name] = cls(**d[name])

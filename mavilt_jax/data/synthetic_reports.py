@@ -201,7 +201,29 @@ def _sentences(f: "Findings", rng: np.random.Generator) -> list[tuple[str, str, 
         else:
             s = pick([f"{where.capitalize()} atelectasis.", f"There is {where} plate-like atelectasis.", f"Subsegmental atelectasis at the {'lung bases' if a.side == 'bilateral' else a.side + ' base'}."])
             out.append(("lungs", s, f"{where.capitalize()} atelectasis."))
+    if f.widened_mediastinum:
+        if f.widened_mediastinum.hedged:
+            s = pick(["Possible mediastinal widening.", "The mediastinum may be widened."])
+            out.append(("heart", s, "Possible mediastinal widening."))
+        else:
+            s = pick(["The mediastinum is widened.", "Widened mediastinum.", "There is mediastinal widening."])
+            out.append(("heart", s, pick(["Widened mediastinum.", "Mediastinal widening."])))
+    if f.fracture:
+        fr = f.fracture
+        rib = f"{fr.side} {_ORDINALS[fr.rib]} rib"
+        if fr.hedged:
+            s = pick([f"Possible nondisplaced fracture of the lateral {rib}.", f"A subtle {rib} fracture cannot be excluded."])
+            out.append(("bones", s, f"Possible {rib} fracture."))
+        elif fr.healed:
+            s = pick([f"Healed fracture of the lateral {rib}.", f"Old healed {rib} fracture."])
+            out.append(("bones", s, f"Healed {rib} fracture."))
+        else:
+            s = pick([f"Acute displaced fracture of the lateral {rib}.", f"There is a displaced {rib} fracture."])
+            out.append(("bones", s, f"Acute {rib} fracture."))
     return out
+
+
+_ORDINALS = {4: "fourth", 5: "fifth", 6: "sixth", 7: "seventh", 8: "eighth", 9: "ninth"}
 
 
 def _negatives(negated: Sequence[str], rng: np.random.Generator) -> list[tuple[str, str]]:

@@ -47,8 +47,8 @@ NORMALITY_QUESTIONS = ("Is this chest radiograph normal?", "Is this a normal stu
 ABNORMALITY_QUESTIONS = ("Which abnormalities are present?", "What findings are seen in this image?")
 
 # Observations a synthetic image can show, with the Findings attribute that makes them present.
-_IMAGE_OBSERVATIONS = ("Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Lung Opacity", "Consolidation",
-                       "Lung Lesion", "Edema", "Atelectasis", "Support Devices")
+_IMAGE_OBSERVATIONS = ("Enlarged Cardiomediastinum", "Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Lung Opacity",
+                       "Consolidation", "Lung Lesion", "Edema", "Atelectasis", "Fracture", "Support Devices")
 # A "no" about these would be doubtful next to the listed findings (they look alike on a film).
 _LOOKALIKES = {
     "Lung Opacity": ("Consolidation", "Edema", "Atelectasis", "Lung Lesion"),
@@ -109,6 +109,7 @@ def vqa_from_findings(findings: "Findings", rng: np.random.Generator) -> list[di
         "opacity": ("Which lung is affected by the {k}?",),
         "nodule": ("Which lung contains the {k}?",),
         "atelectasis": ("Which side shows atelectasis?",),
+        "fracture": ("Which side is the rib fracture on?",),
     }
     for name, questions in side_q.items():
         item = getattr(f, name)
@@ -126,6 +127,8 @@ def vqa_from_findings(findings: "Findings", rng: np.random.Generator) -> list[di
     if f.nodule and not f.nodule.hedged:
         out.append(_pair("Is the lung lesion a nodule or a mass?", f.nodule.kind, "severity"))
         out.append(_pair(f"Where is the {f.nodule.kind} located?", f"{f.nodule.side} {f.nodule.zone} zone", "location"))
+    if f.fracture and not f.fracture.hedged:
+        out.append(_pair("Is the rib fracture acute or healed?", "healed" if f.fracture.healed else "acute", "severity"))
     if f.opacity and not f.opacity.hedged and f.opacity.side != "bilateral":
         out.append(_pair(f"In which lung zone is the {f.opacity.kind}?", f.opacity.zone, "location"))
     listed = [n for n in certain if n != "Support Devices"]
