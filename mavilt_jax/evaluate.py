@@ -1,7 +1,14 @@
-"""Scores a predictions file: ``python -m mavilt_jax.evaluate --workdir=DIR --predictions=FILE.jsonl``.
+"""Evaluates a model (Tables I-III).
 
-The predictions file holds one JSON record per study and task (format in
-``mavilt_jax/evaluation/records.py``). Written to ``--workdir``:
+  python -m mavilt_jax.evaluate --workdir=OUT --predictions=FILE.jsonl
+      scores a predictions file: one JSON record per study and task (format in
+      ``mavilt_jax/evaluation/records.py``);
+  python -m mavilt_jax.evaluate --config=configs/stage2.py --checkpoint=TRAIN_WORKDIR --workdir=OUT
+      loads the stage-1/2 checkpoint, generates reports, images and VQA answers for ``--split``
+      (``mavilt_jax/evaluation/generate.py``), writes them to OUT/predictions/, then scores them.
+
+``--phi_checkpoint`` (a trained CXR-encoder workdir) adds the Frechet distance on phi features and
+conditional correctness judged by phi. Written to ``--workdir``:
   results.json     every figure with its 95 % CI and sample count, and the conventions;
   report_card.md   Tables I-III (report generation, report -> image, VQA) in the paper's layout;
   per_sample.jsonl the records with what scoring added (labeler labels, VQA correctness), so
@@ -16,6 +23,8 @@ import dataclasses
 import json
 import pathlib
 import sys
+
+import numpy as np
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -34,8 +43,14 @@ _FID_RESAMPLES = flags.DEFINE_integer("fid_resamples", None, "Bootstrap resample
 _SEED = flags.DEFINE_integer("seed", None, "Bootstrap seed.")
 _UNCERTAIN = flags.DEFINE_enum("uncertain", None, ["positive", "negative", "ignore"], "CE mapping of uncertain labels.")
 _METEOR = flags.DEFINE_boolean("meteor", None, "Compute METEOR (starts a JVM).")
-_FID_EXTRACTORS = flags.DEFINE_list("fid_extractors", None, "Feature extractors for the Frechet distance (inception).")
-flags.mark_flags_as_required(["workdir", "predictions"])
+_FID_EXTRACTORS = flags.DEFINE_list("fid_extractors", None, "Feature extractors for the Frechet distance (inception, phi).")
+_PHI = flags.DEFINE_string("phi_checkpoint", None, "CXR-encoder workdir: phi features (FD) and the classifier of conditional correctness.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Stage-1/2 training workdir to generate from (default: --workdir).")
+_SPLIT = flags.DEFINE_string("split", "test", "Split to generate for.")
+_MAX_STUDIES = flags.DEFINE_integer("max_studies", 0, "Generate for the first N studies only (0: all).")
+_GUIDANCE = flags.DEFINE_float("guidance_scale", 1.0, "Classifier-free guidance scale for report -> image (1: none).")
+_MAX_TOKENS = flags.DEFINE_integer("max_report_tokens", 128, "Decode steps of a generated report.")
+flags.mark_flags_as_required(["workdir"])
 
 _FLAG_FIELDS = {"resamples": _RESAMPLES, "nlg_resamples": _NLG_RESAMPLES, "fid_resamples": _FID_RESAMPLES,
                 "seed": _SEED, "uncertain": _UNCERTAIN, "meteor": _METEOR, "fid_extractors": _FID_EXTRACTORS}
@@ -81,12 +96,60 @@ def evaluate(predictions: str | pathlib.Path, workdir: str | pathlib.Path, cfg, 
     return results
 
 
+def phi_scorers(phi_checkpoint: str) -> tuple[dict, object]:
+    """({"phi": features_fn}, classifier_fn) of a trained CXR encoder, fed at its training size."""
+    from mavilt_jax.evaluation import conditional, frechet
+    from mavilt_jax.models import cxr_encoder, vqgan
+    from mavilt_jax.stages import cxr_encoder as cxr_encoder_stage
+
+    phi_cfg, params = cxr_encoder_stage.load_cxr_encoder(phi_checkpoint)
+    size = int(cxr_encoder_stage._read_workdir_config(phi_checkpoint)["model"]["image_size"])
+    model = cxr_encoder.CxrEncoder(phi_cfg)
+    features, classify = frechet.phi_features_fn(model, params), conditional.phi_classifier_fn(model, params)
+
+    def resized(fn):
+        return lambda images: fn(vqgan.to_model_range(np.asarray(images)[..., None], size))
+
+    return {"phi": resized(features)}, resized(classify)
+
+
+def generate_predictions(config, checkpoint: str, out_dir: pathlib.Path, split: str, max_studies: int,
+                         gen_cfg) -> pathlib.Path:
+    """Generates for ``split`` with the checkpoint; returns the predictions JSONL it wrote."""
+    from mavilt_jax.evaluation import generate
+
+    generator = generate.load_generator(config, checkpoint, gen_cfg)
+    examples = generate.split_examples(generator, config, split, max_studies)
+    if not examples:
+        raise ValueError(f"split {split!r} has no studies")
+    records = generate.predict(generator, examples, out_dir)
+    path = out_dir / "predictions.jsonl"
+    records_lib.write_records(path, records)
+    logging.info("Generated %d records for %d %s studies -> %s", len(records), len(examples), split, path)
+    return path
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         cfg = eval_config()
-        evaluate(_PREDICTIONS.value, _WORKDIR.value, cfg)
+        score_kwargs = {}
+        if _PHI.value:
+            features_fns, classifier_fn = phi_scorers(_PHI.value)
+            score_kwargs = {"features_fns": features_fns, "classifier_fn": classifier_fn}
+        predictions = _PREDICTIONS.value
+        if predictions is None:
+            if _CONFIG.value is None:
+                raise ValueError("give --predictions=FILE.jsonl, or --config (and --checkpoint) to generate from a checkpoint")
+            from mavilt_jax.evaluation import generate
+
+            gen_cfg = generate.GenerationConfig(max_report_tokens=_MAX_TOKENS.value, guidance_scale=_GUIDANCE.value,
+                                                seed=cfg.seed)
+            predictions = generate_predictions(_CONFIG.value, _CHECKPOINT.value or _WORKDIR.value,
+                                               pathlib.Path(_WORKDIR.value) / "predictions", _SPLIT.value,
+                                               _MAX_STUDIES.value, gen_cfg)
+        evaluate(predictions, _WORKDIR.value, cfg, **score_kwargs)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     logging.info("Wrote results.json and report_card.md to %s", _WORKDIR.value)

@@ -135,3 +135,63 @@ def test_report_to_image_scoring(tmp_path):
     assert "Table II" in (tmp_path / "out" / "report_card.md").read_text()
     with pytest.raises(ValueError, match="no feature extractor"):
         evaluate.evaluate(pred, tmp_path / "out2", suite.EvalConfig(fid_extractors=("phi",)), classifier_fn=classifier)
+
+
+@pytest.mark.slow
+def test_generation_from_a_checkpoint(tmp_path):
+    """A tiny random stage-2 model saved as a checkpoint: load it, generate reports, images and
+    VQA answers for phantom studies, and score the records."""
+    import flax.linen as nn
+    import jax
+
+    from configs import stage1 as stage1_config
+    from mavilt_jax import checkpointing
+    from mavilt_jax.data import phantoms
+    from mavilt_jax.data.vocab import BPE_EOS, ExtendedVocab, train_bpe
+    from mavilt_jax.evaluation import generate
+    from mavilt_jax.stages import multimodal
+    from mavilt_jax.stages.base import TrainState
+    from mavilt_jax.stages.text_pretrain import synthetic_report_texts
+
+    jax.config.update("jax_disable_most_optimizations", True)
+    text_dir = tmp_path / "text"
+    ExtendedVocab(train_bpe(synthetic_report_texts(100, 0), 300), codebook_size=0, codes_per_image=0,
+                  eos_token=BPE_EOS).save(text_dir / multimodal.VOCAB_DIR)
+    config = stage1_config.get_config(f"runlocal,model=tiny,text={text_dir},res=32")
+    config.stage = "stage2"
+    config.vqgan.model.update(channel_multipliers=(1, 2, 2, 4), base_channels=8, embedding_dim=8, codebook_size=32,
+                              norm_groups=4)  # 32 px -> 4 x 4 codes
+    config.sequence.max_len = 160
+    workdir = tmp_path / "work"
+    stage = multimodal.Stage2(config)
+    stage.setup(str(workdir))
+    # Random weights of the right shapes (no compiled init), saved as the training loop saves them.
+    abstract = jax.eval_shape(stage.init_state, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    fill = lambda s: (0.2 * rng.standard_normal(s.shape)).astype(s.dtype)
+    plain = lambda tree: jax.tree.map(fill, nn.unbox(tree))
+    state = TrainState(step=np.int32(1), params=plain(abstract.params), opt_state=None, frozen=plain(abstract.frozen))
+    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(str(workdir)), every_steps=1, keep=1, async_save=False)
+    ckpt.save(1, state, force=True)
+    ckpt.close()
+
+    generator = generate.load_generator(config, str(workdir), generate.GenerationConfig(max_report_tokens=6, batch_size=2))
+    leaf = lambda tree: jax.tree.leaves(tree)[0]
+    np.testing.assert_array_equal(np.asarray(leaf(generator.params)), leaf(state.params))
+    studies = [phantoms.generate_study(3, i, resolution=32) for i in range(2)]
+    pred_dir = tmp_path / "pred"
+    recs = generate.predict(generator, studies, pred_dir)
+    by_task = records.group_records(recs).by_task
+    assert len(by_task["report_generation"]) == 2 and len(by_task["report_to_image"]) == 2
+    assert len(by_task["vqa"]) == sum(len(s["vqa"]) for s in studies)
+    assert all(0.0 < r["p_yes"] < 1.0 for r in by_task["vqa"])
+    for r in by_task["report_to_image"]:
+        assert Image.open(pred_dir / r["generated_image"]).size == (32, 32)
+    # Greedy report decoding is deterministic.
+    codes = generator.encode(np.stack([s["image"][..., None] for s in studies]))
+    assert generator.reports(codes) == [r["generation"] for r in by_task["report_generation"]]
+    records.write_records(pred_dir / "predictions.jsonl", recs)
+    cfg = suite.EvalConfig(meteor=False, nlg_resamples=2, resamples=10, fid_extractors=("pixels",), fid_resamples=2)
+    pixels = lambda images: _pixels(np.stack([np.asarray(Image.fromarray(im).resize((16, 16))) for im in images]))
+    results = evaluate.evaluate(pred_dir / "predictions.jsonl", tmp_path / "out", cfg, features_fns={"pixels": pixels})
+    assert {"report_generation", "report_to_image", "vqa"} <= set(results)
