@@ -172,6 +172,13 @@ def test_removing_a_finding_changes_nothing_else():
     assert changed.any() and not (changed & (masks["nodule"] < 0.01)).any()
 
 
+def test_attributes_round_trip():
+    rng = np.random.default_rng(9)
+    for _ in range(300):
+        f = P.sample_findings(rng)
+        assert P.findings_from_json(f.to_json()) == f
+
+
 def test_labels_of_generated_studies():
     s = P.generate_study(0, 3, 32)
     f = P.findings_from_json(s["attributes"])
