@@ -21,8 +21,8 @@ import multiprocessing
 import os
 
 import numpy as np
-from etils import epath
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 
 from mavilt_jax.data import labels as labels_lib
@@ -57,8 +57,11 @@ def _config(name: str, resolution: int, sizes: tuple[int, int, int]) -> Syntheti
 class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
     """Synthetic chest radiographs with reports, CheXpert labels and VQA pairs."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "Film-like exposure and proportions; rib fracture and widened mediastinum findings.",
+    }
     BUILDER_CONFIGS = [
         _config("r32_tiny", 32, (16, 4, 4)),
         _config("r64_small", 64, (256, 32, 32)),
