@@ -155,6 +155,21 @@ def test_widened_mediastinum_is_wider():
     assert width > 1.4 * ref_width
 
 
+def test_edema_is_perihilar_and_atelectasis_is_a_basal_band():
+    f = P.Findings(edema=P.Edema("moderate"), atelectasis=P.Atelectasis("left"))
+    img, ref, masks, ref_masks = _pair(f, resolution=128)
+    lungs = (ref_masks["lung_right"] > 0.5) | (ref_masks["lung_left"] > 0.5)
+    haze = masks["edema"] > 0.4
+    periphery = lungs & (masks["edema"] < 0.15)
+    assert (haze & lungs).sum() > 50 and periphery.sum() > 50
+    gain = img - ref
+    assert gain[haze & lungs].mean() > max(20.0, gain[periphery].mean() + 10)  # brightest near the hila
+    band = masks["atelectasis"] > 0.5
+    assert band.sum() > 10
+    assert np.nonzero(band)[1].min() >= 64  # left lung: image right
+    assert img[band].mean() > ref[band].mean() + 15
+
+
 def test_devices_are_radiopaque():
     f = P.Findings(devices=("endotracheal tube", "pacemaker"))
     img, ref, masks, _ = _pair(f)
