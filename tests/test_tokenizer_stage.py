@@ -162,6 +162,28 @@ def test_training_loop_load_tokenizer_and_cli(tmp_path, capsys):
     expected_pixels = vqgan.to_uint8(model.apply({"params": params}, codes[None], method=model.decode))[0, :, :, 0]
     np.testing.assert_array_equal(decoded, expected_pixels)
 
+    # Pre-tokenization: the builder stores each study's codes beside its text and labels.
+    from mavilt_jax.data import pipeline
+    from tfds_builders.pretokenized import Pretokenized, make_config
+
+    data_dir = str(tmp_path / "tfds")
+    source = pipeline.load_source("synthetic_cxr", "validation", data_dir=data_dir, builder_config="r32_tiny")
+    builder = Pretokenized(config=make_config("tiny", tokenizer_checkpoint=workdir, source_config="r32_tiny",
+                                              source_data_dir=data_dir, splits=("validation",), batch_size=3),
+                           data_dir=data_dir)
+    builder.download_and_prepare()
+    pretokenized = builder.as_data_source(split="validation")
+    assert len(pretokenized) == len(source) == 4
+    by_id = {pretokenized[i]["study_id"]: pretokenized[i] for i in range(4)}
+    for i in range(4):
+        original = source[i]
+        row = by_id[original["study_id"]]
+        expected = model.apply({"params": params}, vqgan.to_model_range(np.asarray(original["image"])[None]),
+                               method=model.encode)[0]
+        np.testing.assert_array_equal(row["codes"], expected)
+        np.testing.assert_array_equal(row["labels"], original["labels"])
+        assert row["findings"] == original["findings"] and len(row["vqa"]["question"]) == len(original["vqa"]["question"])
+
     # Bad arguments: a message and exit status 2, no traceback.
     np.save(tmp_path / "bad.npy", np.full(5, 99))
     for argv, message in [
