@@ -8,7 +8,8 @@ terms to CheXpert observations (stated here, used by ``benchmarks/eval_labeler_i
   No Finding                 "normal" (the report's only term)
   Cardiomegaly               Cardiomegaly
   Lung Opacity               Opacity, Airspace Disease, Infiltrate, Consolidation
-  Lung Lesion                Nodule, Mass
+  Lung Lesion                Nodule, Mass; Opacity or Density qualified "nodular" or "round"
+                             (column MeSH: "Density/lung/hilum/left/round")
   Edema                      Pulmonary Edema, Pulmonary Congestion
   Consolidation              Consolidation
   Pneumonia                  Pneumonia
@@ -19,6 +20,10 @@ terms to CheXpert observations (stated here, used by ``benchmarks/eval_labeler_i
   Support Devices            Catheters, Indwelling; Surgical Instruments; Implanted Medical Device;
                              Tube, Inserted; Medical Device; Stents
 Enlarged Cardiomediastinum and Pleural Other have no clean MeSH counterpart and are not scored.
+"No Finding" is scored twice: against "normal" (strict: any indexed abnormality, e.g. a calcified
+granuloma or spine degeneration, makes the study not normal), and in CheXpert's sense
+("No Finding*": no mapped pathology indexed, Support Devices aside), which is what the labeler's
+rule means.
 Studies indexed "No Indexing" are left out. A labeler prediction counts as positive when it is
 positive, or (``uncertain_as_positive``, the default, since the indexers annotate hedged
 findings) uncertain.
@@ -58,14 +63,18 @@ MESH_TO_OBSERVATIONS: dict[str, tuple[str, ...]] = {
     "Medical Device": ("Support Devices",),
     "Stents": ("Support Devices",),
 }
+NO_FINDING_CHEXPERT = "No Finding*"
 SCORED: tuple[str, ...] = (
-    "No Finding", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
+    "No Finding", NO_FINDING_CHEXPERT, "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
     "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Fracture", "Support Devices",
 )
 
 
-def mesh_reference(problems: str) -> np.ndarray:
-    """``Problems`` cell -> bool [14]: observations the indexers marked present."""
+_LESION_SHAPES = frozenset({"nodular", "round"})
+
+
+def mesh_reference(problems: str, mesh: str = "") -> np.ndarray:
+    """``Problems`` (and qualified ``MeSH``) cells -> bool [14]: observations marked present."""
     terms = [t.strip() for t in problems.split(";") if t.strip()]
     ref = np.zeros((L.NUM_OBSERVATIONS,), bool)
     if terms == ["normal"]:
@@ -73,6 +82,10 @@ def mesh_reference(problems: str) -> np.ndarray:
     for term in terms:
         for observation in MESH_TO_OBSERVATIONS.get(term, ()):
             ref[L.INDEX[observation]] = True
+    for qualified in mesh.split(";"):
+        parts = [p.strip().lower() for p in qualified.split("/")]
+        if parts[0] in ("opacity", "density") and _LESION_SHAPES & set(parts[1:]):
+            ref[L.INDEX["Lung Lesion"]] = True
     return ref
 
 
@@ -101,13 +114,19 @@ def compare_with_mesh(reports_csv: str | pathlib.Path, uncertain_as_positive: bo
     predicted = labeler.label_reports([report_text(r) for r in rows])
     positive_states = (L.POSITIVE, L.UNCERTAIN) if uncertain_as_positive else (L.POSITIVE,)
     pred = np.isin(predicted, positive_states)
-    ref = np.stack([mesh_reference(r["Problems"]) for r in rows])
+    ref = np.stack([mesh_reference(r["Problems"], r.get("MeSH", "")) for r in rows])
+    pathologies = [L.INDEX[n] for n in SCORED if n not in ("No Finding", NO_FINDING_CHEXPERT, "Support Devices")]
     table = {}
     for name in SCORED:
-        i = L.INDEX[name]
-        tp = int((pred[:, i] & ref[:, i]).sum())
-        fp = int((pred[:, i] & ~ref[:, i]).sum())
-        fn = int((~pred[:, i] & ref[:, i]).sum())
+        if name == NO_FINDING_CHEXPERT:
+            i = L.INDEX["No Finding"]
+            p, r = pred[:, i], ~ref[:, pathologies].any(axis=1)
+        else:
+            i = L.INDEX[name]
+            p, r = pred[:, i], ref[:, i]
+        tp = int((p & r).sum())
+        fp = int((p & ~r).sum())
+        fn = int((~p & r).sum())
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0

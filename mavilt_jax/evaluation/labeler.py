@@ -113,6 +113,9 @@ MENTIONS: dict[str, tuple[str, ...]] = {
         "osseous lesion", "sclerotic lesion", "breast mass", "soft tissue density",
         "soft tissue densities", "mass effect", "nipple shadow", "no acute", "granulomatous infection",
         "granulomatous disease",
+        # Calcified nodules are healed granulomas, not the lesions CheXpert's class is about.
+        "calcified nodule", "calcified nodules", "calcified nodular density",
+        "calcified nodular densities", "calcified nodular opacity", "calcified nodular opacities",
     ),
 }
 
