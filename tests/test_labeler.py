@@ -39,8 +39,10 @@ HAND_LABELLED = [
     # A hedge after the mention, or inside it.
     ("A 12 mm nodular density in the lingula may represent a nodule.", {"Lung Lesion": U}),
     ("The heart may be mildly enlarged.", {"Cardiomegaly": U}),
-    ("Enlargement of the cardiac silhouette. Small calcified nodule in the left lung.",
+    ("Enlargement of the cardiac silhouette. Small nodule in the left lung.",
      {"Cardiomegaly": P, "Lung Lesion": P}),
+    # A calcified nodule is a healed granuloma, not a lung lesion.
+    ("Scattered calcified nodules compatible with old granulomatous disease.", {"No Finding": P}),
     ("Pericardial effusion is not excluded.", {"No Finding": P}),
     ("Heart size is not enlarged. Patchy opacity in the right base, which may represent "
      "consolidation.", {"Cardiomegaly": N, "Lung Opacity": P, "Consolidation": U}),
