@@ -195,3 +195,36 @@ def test_generation_from_a_checkpoint(tmp_path):
     pixels = lambda images: _pixels(np.stack([np.asarray(Image.fromarray(im).resize((16, 16))) for im in images]))
     results = evaluate.evaluate(pred_dir / "predictions.jsonl", tmp_path / "out", cfg, features_fns={"pixels": pixels})
     assert {"report_generation", "report_to_image", "vqa"} <= set(results)
+
+
+def test_phi_scorers_from_a_cxr_encoder_workdir(tmp_path):
+    """--phi_checkpoint: phi's embedding (Frechet features) and sigmoid outputs (classifier) of a
+    saved CXR-encoder workdir, fed at its training size."""
+    import jax
+
+    from configs import cxr_encoder as cxr_encoder_config
+    from mavilt_jax import checkpointing
+    from mavilt_jax.models import cxr_encoder
+    from mavilt_jax.stages import cxr_encoder as cxr_encoder_stage
+    from mavilt_jax.stages.base import TrainState
+
+    config = cxr_encoder_config.get_config("runlocal,arch=plain,res=32")
+    config.model.widths = (4, 8)
+    (tmp_path / "config.json").write_text(config.to_json_best_effort(indent=2))
+    model = cxr_encoder.CxrEncoder(cxr_encoder_stage.model_config(config))
+    x = np.zeros((1, 32, 32, 1), np.float32)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"]
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(str(tmp_path)), every_steps=1, keep=1, async_save=False)
+    ckpt.save(1, TrainState(step=np.int32(1), params=params, opt_state=None, frozen=None), force=True)
+    ckpt.close()
+
+    features_fns, classifier_fn = evaluate.phi_scorers(str(tmp_path))
+    images = rng.integers(0, 256, size=(3, 64, 64), dtype=np.uint8)  # resized to phi's 32 px
+    small = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.BILINEAR)) for im in images])
+    x = small[..., None].astype(np.float32) / 127.5 - 1.0
+    np.testing.assert_allclose(features_fns["phi"](images), model.apply({"params": params}, x, method=model.embed),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(classifier_fn(images), jax.nn.sigmoid(model.apply({"params": params}, x)),
+                               rtol=1e-4, atol=1e-5)
