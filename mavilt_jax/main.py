@@ -46,8 +46,12 @@ def main(argv: list[str]) -> None:
 
     from mavilt_jax import train  # after distributed initialisation: it creates devices lazily
 
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    logging.info("Finished at step %d: %s", result["step"], result["train"])
+    if "pipeline" in _CONFIG.value:  # several stages in sequence (configs/demo.py)
+        results = train.run_pipeline(_CONFIG.value, _WORKDIR.value)
+        logging.info("Pipeline finished: %s", results)
+    else:
+        result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        logging.info("Finished at step %d: %s", result["step"], result["train"])
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

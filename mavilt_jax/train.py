@@ -241,3 +241,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             {k: v for k, v in result.items() if k != "history"} | {"first": history[0] if history else {}}, indent=2))
     result["state"] = state
     return result
+
+
+def _fill_workdir(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            config[key] = _fill_workdir(value, workdir)
+        elif isinstance(value, str) and "{workdir}" in value:
+            config[key] = value.replace("{workdir}", workdir)
+    return config
+
+
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, Any]]:
+    """Runs ``config.pipeline[name]`` for each name of ``config.order``, in ``workdir/name``.
+
+    ``{workdir}`` in any string of a step's config becomes ``workdir`` (so a step can name the
+    folder of an earlier one). A finished step is resumed at its last step, i.e. skipped.
+    """
+    results = {}
+    for name in config.order:
+        step_config = _fill_workdir(config.pipeline[name], workdir)
+        logging.info("Pipeline step %s in %s/%s.", name, workdir, name)
+        result = train_and_evaluate(step_config, os.path.join(workdir, name))
+        results[name] = {k: v for k, v in result.items() if k not in ("state", "history")}
+    return results
+
