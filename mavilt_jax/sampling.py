@@ -154,6 +154,18 @@ def _truncate(logits: Array, top_k: int, top_p: float) -> Array:
     return logits
 
 
+def _sample(logits: Array, key: Array) -> Array:
+    """One token per row from softmax(logits) [B, V] by inverting the CDF with one uniform per row.
+
+    Equivalent to ``jax.random.categorical`` but draws B uniforms instead of B * V Gumbels, which
+    dominates a decode step on CPU for a 50k vocabulary. Zero-probability (masked) ids are never
+    picked: u > 0 and the first id whose cumulative mass reaches u has positive mass.
+    """
+    cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)  # [B, V]
+    u = (1.0 - jax.random.uniform(key, (logits.shape[0], 1))) * cdf[:, -1:]  # in (0, total]
+    return jnp.minimum(jnp.sum(cdf < u, axis=-1), logits.shape[-1] - 1)
+
+
 def _check(config: LLMConfig, layout: VocabLayout, sampler: Sampler | None = None):
     if config.vocab_size < layout.size:
         raise ValueError(f"config.vocab_size={config.vocab_size} is smaller than the layout's {layout.size} ids")
@@ -222,7 +234,7 @@ def _generate(params, prompt_tokens, prompt_lengths, rng, *, config: LLMConfig, 
             token = jnp.argmax(constrained, axis=-1)
         else:
             filtered = _truncate(constrained / sampler.temperature, sampler.top_k, sampler.top_p)
-            token = jax.random.categorical(jax.random.fold_in(rng, s.step), filtered, axis=-1)
+            token = _sample(filtered, jax.random.fold_in(rng, s.step))
         token = token.astype(jnp.int32)
         logprob = jnp.take_along_axis(jax.nn.log_softmax(constrained, -1), token[:, None], -1)[:, 0]
         live = ~s.done
