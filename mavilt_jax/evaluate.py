@@ -50,6 +50,7 @@ _SPLIT = flags.DEFINE_string("split", "test", "Split to generate for.")
 _MAX_STUDIES = flags.DEFINE_integer("max_studies", 0, "Generate for the first N studies only (0: all).")
 _GUIDANCE = flags.DEFINE_float("guidance_scale", 1.0, "Classifier-free guidance scale for report -> image (1: none).")
 _MAX_TOKENS = flags.DEFINE_integer("max_report_tokens", 128, "Decode steps of a generated report.")
+_METHOD = flags.DEFINE_string("method", "MAViLT (this run)", "Row label of the report card's tables.")
 flags.mark_flags_as_required(["workdir"])
 
 _FLAG_FIELDS = {"resamples": _RESAMPLES, "nlg_resamples": _NLG_RESAMPLES, "fid_resamples": _FID_RESAMPLES,
@@ -75,7 +76,8 @@ def eval_config():
     return suite.EvalConfig(**values)
 
 
-def evaluate(predictions: str | pathlib.Path, workdir: str | pathlib.Path, cfg, **score_kwargs) -> dict:
+def evaluate(predictions: str | pathlib.Path, workdir: str | pathlib.Path, cfg, method: str = "MAViLT (this run)",
+             **score_kwargs) -> dict:
     """Scores ``predictions`` with ``cfg`` (a ``suite.EvalConfig``) and writes the outputs to
     ``workdir``; ``score_kwargs`` go to ``suite.score_records`` (features_fns, classifier_fn).
     Returns the results."""
@@ -90,7 +92,7 @@ def evaluate(predictions: str | pathlib.Path, workdir: str | pathlib.Path, cfg, 
     results = suite.score_records(record_set, cfg, out_dir=workdir, **score_kwargs)
     results["predictions"] = str(predictions)
     (workdir / "results.json").write_text(json.dumps(results, indent=2, allow_nan=True))
-    (workdir / "report_card.md").write_text(report_card.render(results))
+    (workdir / "report_card.md").write_text(report_card.render(results, method))
     records_lib.write_records(workdir / "per_sample.jsonl",
                               [r for task in records_lib.TASKS for r in record_set.by_task[task]])
     return results
@@ -149,7 +151,7 @@ def main(argv: list[str]) -> None:
             predictions = generate_predictions(_CONFIG.value, _CHECKPOINT.value or _WORKDIR.value,
                                                pathlib.Path(_WORKDIR.value) / "predictions", _SPLIT.value,
                                                _MAX_STUDIES.value, gen_cfg)
-        evaluate(predictions, _WORKDIR.value, cfg, **score_kwargs)
+        evaluate(predictions, _WORKDIR.value, cfg, _METHOD.value, **score_kwargs)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     logging.info("Wrote results.json and report_card.md to %s", _WORKDIR.value)

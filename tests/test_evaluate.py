@@ -51,7 +51,8 @@ def test_cli_scores_predictions(tmp_path):
     _write(pred, rows, extra_lines=["{broken", json.dumps({"task": "vqa", "study_id": "x"})])
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "mavilt_jax.evaluate", f"--workdir={out}", f"--predictions={pred}",
-                           "--nometeor", "--nlg_resamples=3", "--resamples=40", "--uncertain=negative"],
+                           "--nometeor", "--nlg_resamples=3", "--resamples=40", "--uncertain=negative",
+                           "--method=Test model"],
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
@@ -72,7 +73,7 @@ def test_cli_scores_predictions(tmp_path):
     assert [s["line"] for s in results["skipped_records"]] == [11, 12]
     card = (out / "report_card.md").read_text()
     assert "Table I:" in card and "Table III:" in card and "Table II:" not in card
-    assert "uncertain -> negative" in card
+    assert "uncertain -> negative" in card and "| Test model |" in card
     # Per-sample outputs carry the labels, and re-scoring them gives the same figures.
     per_sample = records.read_records(out / "per_sample.jsonl")
     gen = per_sample.by_task["report_generation"]
