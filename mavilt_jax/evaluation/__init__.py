@@ -10,4 +10,5 @@
                                 CIs over studies, prediction records, scoring, the report card,
                                 generation from a checkpoint (``python -m mavilt_jax.evaluate``)
   iu_mesh                       the labeler against IU X-ray's MeSH annotations
+  image_metrics                 reconstruction metrics of the tokenizer (PSNR, SSIM, code usage)
 """
