@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer = common.optimizer_config(learning_rate=1e-3, warmup_steps=500)
     config.eval_every_steps = 1000
     config.eval_max_batches = 20
+    config.num_samples = 4  # sample reports / images written at the end and every sample_every_steps
 
     if arg.runlocal:
         config = common.runlocal(config)

@@ -221,12 +221,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 with report_progress.timed("eval"):
                     result["eval"] = evaluate(state)
                 writer.write_scalars(step, {f"val/{k}": v for k, v in result["eval"].items()})
-            if (config.sample_every_steps and step % config.sample_every_steps == 0) or step == total_steps:
-                stage.periodic_eval(state, writer, step, workdir)
-
             preempted = notice.received if jax.process_count() == 1 else ckpt.manager.reached_preemption(step)
             if preempted or step == total_steps or ckpt.should_save(step):
                 ckpt.save(step, state, train_iter, force=True)
+            # Samples after the save: host code that may fail must not cost the checkpoint.
+            if (config.sample_every_steps and step % config.sample_every_steps == 0) or step == total_steps:
+                stage.periodic_eval(state, writer, step, workdir)
             if preempted:
                 result["preempted"] = True
                 logging.warning("Stopped by preemption at step %d (checkpoint saved).", step)

@@ -34,6 +34,7 @@ CONFIG_CODE = textwrap.dedent("""
         c.optimizer.decay_steps = 6
         c.eval_every_steps, c.checkpoint.every_steps, c.log_every_steps = 0, 2, 1
         c.mesh.shape = shape
+        c.num_samples = 0
         c.disable_most_optimizations = True
         return c
 """)

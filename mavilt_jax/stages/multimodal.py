@@ -202,6 +202,29 @@ class LMStage(Stage):
         return {k: m[k] for k in ("task_loss", "text_ce", "image_ce")}
 
     # ---- host -------------------------------------------------------------------------------------
+    def generate(self, params: Any, prompts: list[list[int]], *, mode: str, max_new_tokens: int,
+                 uncond: list[list[int]] | None = None, guidance_scale: float = 1.0) -> np.ndarray:
+        """Greedy continuations of ``prompts`` (ids, unpadded) -> tokens [B, N] (host numpy)."""
+        from mavilt_jax import sampling
+
+        tokens, lengths = sequences.left_pad(prompts, self.layout.pad_id)
+        kwargs = {}
+        if uncond is not None:
+            kwargs = dict(zip(("uncond_prompt_tokens", "uncond_prompt_lengths"), sequences.left_pad(uncond, self.layout.pad_id)))
+        sampler = sampling.Sampler(max_new_tokens=max_new_tokens, mode=mode, temperature=0.0,
+                                   guidance_scale=guidance_scale if uncond is not None else 1.0)
+        out = sampling.generate(params, self.llm_config, tokens, lengths, sampler=sampler, rng=jax.random.key(0),
+                                layout=self.layout, **kwargs)
+        return np.asarray(jax.device_get(out.tokens))
+
+    def write_samples(self, writer: Any, step: int, workdir: str, texts: dict[str, str]) -> None:
+        if jax.process_index() != 0:
+            return
+        writer.write_texts(step, texts)
+        folder = epath.Path(workdir) / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"step_{step}.txt").write_text("\n\n".join(f"## {k}\n{v}" for k, v in texts.items()))
+
     def save_vocab(self, workdir: str) -> None:
         if jax.process_index() == 0 and not (epath.Path(workdir) / VOCAB_DIR).exists():
             self.vocab.save(epath.Path(workdir) / VOCAB_DIR)
@@ -323,6 +346,47 @@ class Stage1(LMStage):
         state = state.replace(params=params, frozen=frozen)
         return self.fresh_opt_state(state)
 
+    # ---- samples --------------------------------------------------------------------------------
+    def report_prompt(self, codes: np.ndarray) -> list[int]:
+        return self.builder.image_to_report_prompt(codes)
+
+    def image_prompt(self, report: str, uncond: bool) -> list[int]:
+        return self.builder.report_to_image_prompt(report, uncond=uncond)
+
+    def periodic_eval(self, state: TrainState, writer: Any, step: int, workdir: str) -> None:
+        """Greedy reports for ``num_samples`` validation images and guided images for their reports
+        (image summaries: true image | its tokenizer reconstruction | generated image)."""
+        from mavilt_jax.data import pipeline
+        from mavilt_jax.models import vqgan
+
+        num = int(self.config.get("num_samples", 0))
+        if not num:
+            return
+        data = self.config.data
+        source = pipeline.load_source(data.name, data.get("eval_split", "validation"), data_dir=data.get("data_dir"),
+                                      builder_config=data.get("builder_config"))
+        examples = [source[i] for i in range(min(num, len(source)))]
+        vq = {"params": state.frozen["vqgan"]}
+        images = np.stack([vqgan.to_model_range(np.asarray(e["image"]), self.vq_config.image_size) for e in examples])
+        codes = np.asarray(jax.jit(lambda p, x: self.vqgan.apply(p, x, method="encode"))(vq, images))
+        reports = [self.builder.report_text(e) for e in examples]
+        report_tokens = self.generate(state.params, [self.report_prompt(c) for c in codes], mode="text",
+                                      max_new_tokens=self.config.get("sample_report_tokens", 96))
+        texts = {}
+        for i, (ids, truth) in enumerate(zip(report_tokens, reports)):
+            texts[f"report_{i}"] = f"generated: {self.vocab.decode_text(ids)}\n\nreference: {truth}"
+        image_tokens = self.generate(
+            state.params, [self.image_prompt(r, False) for r in reports], mode="image",
+            max_new_tokens=self.layout.codes_per_image + 2, uncond=[self.image_prompt(r, True) for r in reports],
+            guidance_scale=float(self.config.get("guidance_scale", 3.0)))
+        n = self.layout.codes_per_image
+        gen_codes = np.stack([np.resize(self.vocab.codes(t)[:n], n) for t in image_tokens])
+        decode = jax.jit(lambda p, c: self.vqgan.apply(p, c, method="decode"))
+        grid = np.concatenate([images, np.asarray(decode(vq, codes)), np.asarray(decode(vq, gen_codes))], axis=2)
+        self.write_samples(writer, step, workdir, texts)
+        if jax.process_index() == 0:
+            writer.write_images(step, {"samples/true_recon_generated": vqgan.to_uint8(grid)})
+
     # ---- step pieces ----------------------------------------------------------------------------
     def prepare_batch(self, frozen: Any, batch: Batch) -> dict[str, jax.Array]:
         seq = super().prepare_batch(frozen, batch)
@@ -378,6 +442,12 @@ class Stage2(Stage1):
         out = self.builder.stage2_example(example, codes, rng, split="train")
         keys = ("tokens", "targets", "loss_mask", "positions", "is_image_target", "task_id")
         return {**{k: out[k] for k in keys}, **extra}
+
+    def report_prompt(self, codes: np.ndarray) -> list[int]:
+        return self.builder.instruction_prompt("report", codes=codes)
+
+    def image_prompt(self, report: str, uncond: bool) -> list[int]:
+        return self.builder.instruction_prompt("report_to_image", report=report, uncond=uncond)
 
     def eval_preprocess(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
         codes, extra = self._codes_and_image(example)

@@ -89,6 +89,19 @@ class TextPretrainStage(LMStage):
         out = self.builder.text_example(example["text"])
         return {k: out[k] for k in ("tokens", "targets", "loss_mask", "positions")}
 
+    def periodic_eval(self, state: TrainState, writer: Any, step: int, workdir: str) -> None:
+        """Greedy continuations of the first words of ``num_samples`` validation reports."""
+        num = int(self.config.get("num_samples", 0))
+        if not num:
+            return
+        texts = self.splits["validation"][:num]
+        prompts = [(self.vocab.bos_id is not None and [self.vocab.bos_id] or []) + self.vocab.encode_text(t)[:8]
+                   for t in texts]
+        out = self.generate(state.params, prompts, mode="text", max_new_tokens=64)
+        self.write_samples(writer, step, workdir, {
+            f"report_{i}": f"prompt: {self.vocab.decode_text(p)}\n\ncontinued: {self.vocab.decode_text(o)}"
+            for i, (p, o) in enumerate(zip(prompts, out))})
+
     def restore_pretrained(self, state: TrainState) -> TrainState:
         """An imported LLM (``model.pretrained``) grown by the specials' rows; else from scratch."""
         if not self.config.model.pretrained:
