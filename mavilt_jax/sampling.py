@@ -10,7 +10,8 @@ Constrained decoding with the extended vocabulary (`VocabLayout`):
   - outside a span image codes and ``<eoi>`` are masked; ``<boi>`` is allowed only in mode "any";
   - ``<pad>``, task markers and ``<uncond>`` are never emitted.
 Modes: "text" (reports, answers: no image token at all), "image" (``<boi>`` forced unless the
-prompt already ends with it, stops after ``<eoi>``), "any" (free interleaving).
+prompt already ends with it, stops after ``<eoi>``), "any" (free interleaving). A prompt that ends
+with ``<boi>`` opens a span in every mode: its codes and ``<eoi>`` come first.
 
 Classifier-free guidance (report -> image, Eq. 9 sampling): the conditional and unconditional
 prompts run as one batch of 2B rows; the guided logits are uncond + scale * (cond - uncond) and the
