@@ -78,6 +78,23 @@ def test_mesh_reference_mapping():
     # A round or nodular density is a lesion; a plain one is not.
     assert iu_mesh.mesh_reference("Density", "Density/lung/hilum/left/round")[L.INDEX["Lung Lesion"]]
     assert not iu_mesh.mesh_reference("Density", "Density/lung/base/left")[L.INDEX["Lung Lesion"]]
+    # Qualified terms come from the MeSH cell: an enlarged cardiac shadow is cardiomegaly.
+    assert iu_mesh.mesh_reference("Cardiac Shadow", "Cardiac Shadow/enlarged/mild")[L.INDEX["Cardiomegaly"]]
+    assert not iu_mesh.mesh_reference("Cardiac Shadow", "Cardiac Shadow/normal")[L.INDEX["Cardiomegaly"]]
+
+
+def test_mesh_reference_is_the_builder_map(shared_data):
+    """The benchmark's reference and the IU X-ray builder's labels agree on every observation but
+    No Finding, which the reference takes strictly ("normal" alone)."""
+    from mavilt_jax.data import reports
+
+    rows = iu_mesh.load_iu_reports(shared_data / "iu_xray" / "indiana_reports.csv")
+    ref = np.stack([iu_mesh.mesh_reference(r["Problems"], r["MeSH"]) for r in rows])
+    built = np.stack([reports.labels_from_mesh(r["MeSH"].split(";")) == L.POSITIVE for r in rows])
+    other = [i for i in range(L.NUM_OBSERVATIONS) if i != L.INDEX["No Finding"]]
+    np.testing.assert_array_equal(ref[:, other], built[:, other])
+    normal = np.array([r["Problems"].strip() == "normal" for r in rows])
+    np.testing.assert_array_equal(ref[:, L.INDEX["No Finding"]], normal)
 
 
 # F1 floors vs MeSH (prediction = positive or uncertain), a little under what the labeler reaches

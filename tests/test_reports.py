@@ -106,6 +106,13 @@ def test_labels_from_mesh_by_hand():
     assert positives(["normal", "Opacity/lung"]) == {"Lung Opacity"}  # No Finding withdrawn
     assert positives(["No Indexing"]) == set()
     assert positives(["Calcified Granuloma/lung/upper lobe/right"]) == set()
+    # A round or nodular opacity/density is a lesion as well; a plain lung density only an opacity.
+    assert positives(["Density/lung/hilum/left/round"]) == {"Lung Opacity", "Lung Lesion"}
+    assert positives(["Opacity/nodular"]) == {"Lung Opacity", "Lung Lesion"}
+    assert positives(["Density/lung/base/left"]) == {"Lung Opacity"}
+    assert positives(["Mediastinum/prominent"]) == {"Enlarged Cardiomediastinum"}
+    assert positives(["Cavitation/lung/apex/right"]) == set()  # see mavilt_jax/data/mesh.py
+    assert positives(["PLEURAL EFFUSION/right"]) == {"Pleural Effusion"}  # case is ignored
 
 
 def test_parse_iu_xml_fields():

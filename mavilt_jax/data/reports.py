@@ -1,4 +1,4 @@
-"""Radiology report text: sections, de-identification placeholders, MeSH terms -> CheXpert labels.
+"""Radiology report text: sections, de-identification placeholders, IU X-ray MeSH terms.
 
 Two sources of report text are handled:
 
@@ -16,6 +16,8 @@ datasets, ``deid``:
   "keep": text unchanged apart from whitespace.
 Whitespace is always normalised (runs of spaces and newlines -> one space, no space before
 punctuation, stripped ends).
+
+MeSH terms -> CheXpert labels (``labels_from_mesh``) is defined, with its map, in ``mesh``.
 """
 
 from __future__ import annotations
@@ -23,11 +25,10 @@ from __future__ import annotations
 import dataclasses
 import re
 import xml.etree.ElementTree as ET
-from typing import Iterable, Literal
+from typing import Literal
 
-import numpy as np
-
-from mavilt_jax.data import labels as labels_lib
+# labels_from_mesh is re-exported: the IU X-ray builder labels studies through this module.
+from mavilt_jax.data.mesh import labels_from_mesh, mesh_problems  # noqa: F401
 
 DeidMode = Literal["token", "remove", "keep"]
 Section = Literal["findings", "impression", "both"]
@@ -226,75 +227,3 @@ def parse_iu_xml(xml: str | bytes, *, deid: DeidMode = DEFAULT_DEID) -> IuXrayRe
 
 def _strip(text: str | None) -> str:
     return (text or "").strip()
-
-
-def mesh_problems(mesh_terms: Iterable[str]) -> tuple[str, ...]:
-    """"Head/qualifier/..." MeSH terms -> their heads ("Opacity/lung/apex/left" -> "Opacity")."""
-    return tuple(term.split("/")[0].strip() for term in mesh_terms if term.strip())
-
-
-# MeSH heads of IU X-ray's indexing -> CheXpert observations (POSITIVE when the term is present).
-# Chosen after CheXpert's own mention phrases: e.g. vascular congestion counts as edema, nodules
-# and masses as lung lesion, consolidation is also a lung opacity, tubes, catheters, implanted
-# devices and surgical material as support devices; sutures and calcified granulomas have no
-# CheXpert counterpart and map to nothing.
-_MESH_HEAD_TO_OBSERVATIONS: dict[str, tuple[str, ...]] = {
-    "normal": ("No Finding",),
-    "cardiomegaly": ("Cardiomegaly",),
-    "opacity": ("Lung Opacity",),
-    "airspace disease": ("Lung Opacity",),
-    "infiltrate": ("Lung Opacity",),
-    "nodule": ("Lung Lesion",),
-    "mass": ("Lung Lesion",),
-    "cavitation": ("Lung Lesion",),
-    "pulmonary edema": ("Edema",),
-    "pulmonary congestion": ("Edema",),
-    "consolidation": ("Consolidation", "Lung Opacity"),
-    "pneumonia": ("Pneumonia",),
-    "pulmonary atelectasis": ("Atelectasis",),
-    "pneumothorax": ("Pneumothorax",),
-    "hydropneumothorax": ("Pneumothorax", "Pleural Effusion"),
-    "hemopneumothorax": ("Pneumothorax",),
-    "pleural effusion": ("Pleural Effusion",),
-    "fractures, bone": ("Fracture",),
-    "catheters, indwelling": ("Support Devices",),
-    "implanted medical device": ("Support Devices",),
-    "medical device": ("Support Devices",),
-    "tube, inserted": ("Support Devices",),
-    "stents": ("Support Devices",),
-    "surgical instruments": ("Support Devices",),
-}
-# (head, qualifier) pairs whose meaning depends on the qualifier ("Cardiac Shadow/enlarged").
-_MESH_QUALIFIED_TO_OBSERVATIONS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("cardiac shadow", "enlarged"): ("Cardiomegaly",),
-    ("mediastinum", "enlarged"): ("Enlarged Cardiomediastinum",),
-    ("mediastinum", "prominent"): ("Enlarged Cardiomediastinum",),
-    ("thickening", "pleura"): ("Pleural Other",),
-    ("density", "lung"): ("Lung Opacity",),
-}
-# Terms that mean the study was not indexed: labels stay ABSENT.
-_MESH_NOT_INDEXED = frozenset({"no indexing"})
-
-
-def labels_from_mesh(mesh_terms: Iterable[str]) -> np.ndarray:
-    """IU X-ray MeSH terms (full "Head/qualifier" terms or bare heads) -> CheXpert labels int8 [14].
-
-    Mapped observations are POSITIVE; everything else stays ABSENT (MeSH indexing lists what is
-    present, never what is ruled out). "normal" sets No Finding. As in CheXpert, No Finding is
-    withdrawn when any pathology (anything except Support Devices) is positive.
-    """
-    out = np.full((labels_lib.NUM_OBSERVATIONS,), labels_lib.ABSENT, np.int8)
-    for term in mesh_terms:
-        parts = [p.strip().lower() for p in term.split("/") if p.strip()]
-        if not parts or parts[0] in _MESH_NOT_INDEXED:
-            continue
-        head, qualifiers = parts[0], parts[1:]
-        observations = list(_MESH_HEAD_TO_OBSERVATIONS.get(head, ()))
-        for qualifier in qualifiers:
-            observations.extend(_MESH_QUALIFIED_TO_OBSERVATIONS.get((head, qualifier), ()))
-        for name in observations:
-            out[labels_lib.INDEX[name]] = labels_lib.POSITIVE
-    pathologies = [i for name, i in labels_lib.INDEX.items() if name not in ("No Finding", "Support Devices")]
-    if np.any(out[pathologies] == labels_lib.POSITIVE):
-        out[labels_lib.INDEX["No Finding"]] = labels_lib.ABSENT
-    return out

@@ -3,23 +3,13 @@
 The Open-i indexers annotated each IU X-ray report with MeSH-based problem terms. They list
 findings that are present (hedged findings included), never negated ones, so they give a
 per-report positive/not-positive reference for the observations they cover. The map from MeSH
-terms to CheXpert observations (stated here, used by ``benchmarks/eval_labeler_iu.py``):
-
-  No Finding                 "normal" (the report's only term)
-  Cardiomegaly               Cardiomegaly
-  Lung Opacity               Opacity, Airspace Disease, Infiltrate, Consolidation
-  Lung Lesion                Nodule, Mass; Opacity or Density qualified "nodular" or "round"
-                             (column MeSH: "Density/lung/hilum/left/round")
-  Edema                      Pulmonary Edema, Pulmonary Congestion
-  Consolidation              Consolidation
-  Pneumonia                  Pneumonia
-  Atelectasis                Pulmonary Atelectasis
-  Pneumothorax               Pneumothorax, Hydropneumothorax, Hemopneumothorax
-  Pleural Effusion           Pleural Effusion, Hydropneumothorax
-  Fracture                   Fractures, Bone
-  Support Devices            Catheters, Indwelling; Surgical Instruments; Implanted Medical Device;
-                             Tube, Inserted; Medical Device; Stents
-Enlarged Cardiomediastinum and Pleural Other have no clean MeSH counterpart and are not scored.
+terms to CheXpert observations is the one the IU X-ray builder labels with,
+``mavilt_jax.data.mesh`` (stated there): heads from the ``Problems`` column, qualified terms
+("Cardiac Shadow/enlarged", "Density/lung/hilum/left/round") from the ``MeSH`` column.
+Enlarged Cardiomediastinum and Pleural Other are not scored: the map's terms for them
+(Mediastinum/enlarged or /prominent, Thickening/pleura) cover only part of what each means in
+CheXpert (Pleural Other also takes pleural scarring and calcification), so they are no clean
+reference.
 "No Finding" is scored twice: against "normal" (strict: any indexed abnormality, e.g. a calcified
 granuloma or spine degeneration, makes the study not normal), and in CheXpert's sense
 ("No Finding*": no mapped pathology indexed, Support Devices aside), which is what the labeler's
@@ -37,32 +27,9 @@ import pathlib
 import numpy as np
 
 from mavilt_jax.data import labels as L
+from mavilt_jax.data import mesh as mesh_lib
 from mavilt_jax.evaluation import labeler
 
-MESH_TO_OBSERVATIONS: dict[str, tuple[str, ...]] = {
-    "Cardiomegaly": ("Cardiomegaly",),
-    "Opacity": ("Lung Opacity",),
-    "Airspace Disease": ("Lung Opacity",),
-    "Infiltrate": ("Lung Opacity",),
-    "Consolidation": ("Consolidation", "Lung Opacity"),
-    "Nodule": ("Lung Lesion",),
-    "Mass": ("Lung Lesion",),
-    "Pulmonary Edema": ("Edema",),
-    "Pulmonary Congestion": ("Edema",),
-    "Pneumonia": ("Pneumonia",),
-    "Pulmonary Atelectasis": ("Atelectasis",),
-    "Pneumothorax": ("Pneumothorax",),
-    "Hydropneumothorax": ("Pneumothorax", "Pleural Effusion"),
-    "Hemopneumothorax": ("Pneumothorax",),
-    "Pleural Effusion": ("Pleural Effusion",),
-    "Fractures, Bone": ("Fracture",),
-    "Catheters, Indwelling": ("Support Devices",),
-    "Surgical Instruments": ("Support Devices",),
-    "Implanted Medical Device": ("Support Devices",),
-    "Tube, Inserted": ("Support Devices",),
-    "Medical Device": ("Support Devices",),
-    "Stents": ("Support Devices",),
-}
 NO_FINDING_CHEXPERT = "No Finding*"
 SCORED: tuple[str, ...] = (
     "No Finding", NO_FINDING_CHEXPERT, "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
@@ -70,22 +37,18 @@ SCORED: tuple[str, ...] = (
 )
 
 
-_LESION_SHAPES = frozenset({"nodular", "round"})
-
-
 def mesh_reference(problems: str, mesh: str = "") -> np.ndarray:
-    """``Problems`` (and qualified ``MeSH``) cells -> bool [14]: observations marked present."""
+    """``Problems`` (and qualified ``MeSH``) cells -> bool [14]: observations marked present.
+
+    No Finding is strict here: only a study indexed "normal" and nothing else.
+    """
     terms = [t.strip() for t in problems.split(";") if t.strip()]
-    ref = np.zeros((L.NUM_OBSERVATIONS,), bool)
+    present = mesh_lib.mesh_observations(terms + mesh.split(";"))
+    present.discard("No Finding")
     if terms == ["normal"]:
-        ref[L.INDEX["No Finding"]] = True
-    for term in terms:
-        for observation in MESH_TO_OBSERVATIONS.get(term, ()):
-            ref[L.INDEX[observation]] = True
-    for qualified in mesh.split(";"):
-        parts = [p.strip().lower() for p in qualified.split("/")]
-        if parts[0] in ("opacity", "density") and _LESION_SHAPES & set(parts[1:]):
-            ref[L.INDEX["Lung Lesion"]] = True
+        present.add("No Finding")
+    ref = np.zeros((L.NUM_OBSERVATIONS,), bool)
+    ref[[L.INDEX[name] for name in present]] = True
     return ref
 
 
