@@ -56,8 +56,8 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def should_save(self, step: int) -> bool:
-        """Periodic saves, and every process agreeing on a preemption notice (multi-host)."""
-        return self.manager.should_save(step)
+        """Every ``every_steps`` steps (the loop adds the last step and preemption)."""
+        return self.every_steps > 0 and step % self.every_steps == 0
 
     def save(self, step: int, state: PyTree, data_iterator: Any = None, *, force: bool = False) -> bool:
         """Starts an (asynchronous) save; the iterator state is captured before this returns."""

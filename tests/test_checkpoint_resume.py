@@ -10,6 +10,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -73,13 +74,18 @@ def test_sigterm_saves_at_the_current_step(tmp_path):
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}:{ROOT}", JAX_PLATFORMS="cpu")
     proc = subprocess.Popen([sys.executable, "-m", "mavilt_jax.main", f"--config={config_file}", f"--workdir={workdir}"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # Wait until training runs (the config is written at start; metrics files appear with the first log).
-    deadline = time.time() + 60
-    while time.time() < deadline and not list((workdir).glob("events.out.tfevents*")):
+    # Wait until the loop runs: the first logged training loss (the machine may be slow to start).
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    deadline = time.time() + 240
+    while time.time() < deadline and not any("train/loss" in line for line in list(lines)):
         time.sleep(0.5)
-    time.sleep(2.0)
+    time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    out = "".join(lines)
     assert proc.returncode == 0, out[-3000:]
     result = json.loads((workdir / "result.json").read_text())
     assert result["preempted"] is True
