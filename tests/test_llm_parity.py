@@ -188,3 +188,18 @@ def test_smollm2_gguf_matches_transformers():
     # float32 over 30 layers: differences are summation-order noise on logits of size ~20.
     np.testing.assert_allclose(ours, ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
     np.testing.assert_array_equal(ours.argmax(-1), ref.argmax(-1))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_every_parameter_has_logical_axes_of_its_rank(scan):
+    config, _ = tiny_llm(scan_layers=scan, attention_bias=True)
+    axes = llm.param_logical_axes(config)
+    shapes = jax.eval_shape(lambda: llm.init_params(config, jax.random.key(0)))
+    known = {"vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "layers"}
+    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
+    specs = jax.tree_util.tree_flatten_with_path(axes, is_leaf=is_spec)[0]
+    for (path, spec), shape in zip(specs, jax.tree.leaves(shapes)):
+        assert len(spec) == len(shape.shape) and set(spec) <= known, (path, spec, shape)
+        assert (spec[0] == "layers") == (scan and path[0].key == "layers"), path
+    assert tuple(axes["embed"]["embedding"]) == ("vocab", "embed")
+    assert tuple(axes["lm_head"]["kernel"]) == ("embed", "vocab")
