@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mavilt_jax.data.vocab import VocabLayout
 from mavilt_jax.models.llm import Decoder, KVCache, LLMConfig, init_cache
