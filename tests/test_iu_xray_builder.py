@@ -17,7 +17,7 @@ from PIL import Image
 from mavilt_jax.data import labels as L
 from mavilt_jax.data import pipeline, reports
 from tfds_builders.iu_xray import IuXray, IuXrayConfig
-from tfds_builders.iu_xray.iu_xray_dataset_builder import read_radiograph
+from tfds_builders.radiographs import read_radiograph
 
 RES = 16
 

@@ -172,8 +172,6 @@ def load_generator(config, workdir: str, cfg: GenerationConfig = GenerationConfi
 
 def split_examples(generator: Generator, config, split: str, max_studies: int = 0) -> list[Mapping]:
     """The first ``max_studies`` (0: all) examples of ``split`` from the stage's data source."""
-    from mavilt_jax import train
-
-    source = train._data_source(generator.stage, config, split)
+    source = generator.stage.source(split)
     n = len(source) if not max_studies else min(max_studies, len(source))
     return [source[i] for i in range(n)]

@@ -86,6 +86,18 @@ class Stage(abc.ABC):
         with `mavilt_jax.data.pipeline.load_source`."""
         return None
 
+    def source(self, split: str) -> Any:
+        """The random-access source of ``split``: the stage's own (`data_source`), else the TFDS
+        dataset named by ``config.data`` (built on first use when it is the synthetic one)."""
+        own = self.data_source(split)
+        if own is not None:
+            return own
+        from mavilt_jax.data import pipeline  # Imported here: the TFDS builders are only needed now.
+
+        data = self.config.data
+        return pipeline.load_source(data.name, split, data_dir=data.get("data_dir"),
+                                    builder_config=data.get("builder_config"))
+
     def eval_preprocess(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Deterministic preprocessing for validation; by default the train one with a fixed rng."""
         return self.preprocess(example, np.random.default_rng(0))

@@ -132,11 +132,7 @@ class CxrEncoderStage(Stage):
         """Per-finding AUROC on the validation split; scalars and ``auroc_<step>.json``."""
         from mavilt_jax.data import pipeline
 
-        source = self.data_source("validation")
-        if source is None:
-            data = self.config.data
-            source = pipeline.load_source(data.name, data.eval_split, data_dir=data.get("data_dir"),
-                                          builder_config=data.get("builder_config"))
+        source = self.source(self.config.data.get("eval_split", "validation"))
         params = jax.device_get(state.params)
         scores, states = [], []
         for batch in pipeline.make_eval_batches(source, self.eval_preprocess, batch_size=self.config.batch_size):

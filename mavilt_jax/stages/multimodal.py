@@ -356,15 +356,12 @@ class Stage1(LMStage):
     def periodic_eval(self, state: TrainState, writer: Any, step: int, workdir: str) -> None:
         """Greedy reports for ``num_samples`` validation images and guided images for their reports
         (image summaries: true image | its tokenizer reconstruction | generated image)."""
-        from mavilt_jax.data import pipeline
         from mavilt_jax.models import vqgan
 
         num = int(self.config.get("num_samples", 0))
         if not num:
             return
-        data = self.config.data
-        source = pipeline.load_source(data.name, data.get("eval_split", "validation"), data_dir=data.get("data_dir"),
-                                      builder_config=data.get("builder_config"))
+        source = self.source(self.config.data.get("eval_split", "validation"))
         examples = [source[i] for i in range(min(num, len(source)))]
         vq = {"params": state.frozen["vqgan"]}
         images = np.stack([vqgan.to_model_range(np.asarray(e["image"]), self.vq_config.image_size) for e in examples])

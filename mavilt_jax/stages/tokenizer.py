@@ -217,13 +217,7 @@ class TokenizerStage(Stage):
         """Originals above reconstructions of the first validation images: an image summary and a PNG."""
         from PIL import Image
 
-        from mavilt_jax.data import pipeline
-
-        source = self.data_source("validation")
-        if source is None:
-            data = self.config.data
-            source = pipeline.load_source(data.name, data.eval_split, data_dir=data.get("data_dir"),
-                                          builder_config=data.get("builder_config"))
+        source = self.source(self.config.data.get("eval_split", "validation"))
         n = min(self.config.get("num_samples", 8), len(source))
         images = np.stack([self.preprocess(source[i], None)["image"] for i in range(n)])
         recon = self._reconstruct(jax.device_get(state.params), images)

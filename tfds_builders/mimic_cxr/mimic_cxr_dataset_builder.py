@@ -20,21 +20,18 @@ import csv
 import dataclasses
 import gzip
 import io
-import logging
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-from PIL import Image
 
 from mavilt_jax.data import labels as labels_lib
 from mavilt_jax.data import reports
-from tfds_builders.iu_xray.iu_xray_dataset_builder import (
+from tfds_builders import radiographs
+from tfds_builders.radiographs import (
     SkipCounter,
     drop_missing_images,
-    encode_png,
     image_features,
-    read_radiograph,
 )
 
 _OFFICIAL_SPLITS = {"train": "train", "validate": "validation", "test": "test"}
@@ -171,25 +168,4 @@ class MimicCxr(tfds.core.GeneratorBasedBuilder):
         return None
 
     def _generate_examples(self, studies: list[dict], split: str):
-        resolution = self.builder_config.resolution
-        skipped = SkipCounter()
-        kept = 0
-        for study in studies:
-            path = epath.Path(study["image_path"])
-            try:
-                pixels = read_radiograph(path, resolution)
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-                skipped["unreadable_image"] += 1
-                logging.info("Skipping unreadable image %s: %s", path, e)
-                continue
-            kept += 1
-            yield study["study_id"], {
-                "image": encode_png(pixels),
-                "study_id": study["study_id"],
-                "image_id": study["image_id"],
-                "findings": study["findings"],
-                "impression": study["impression"],
-                "labels": study["labels"],
-                "view": study["view"],
-            }
-        skipped.log(self.name, f"{split} images", kept)
+        yield from radiographs.radiograph_examples(studies, self.builder_config.resolution, self.name, split)
