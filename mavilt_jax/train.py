@@ -144,8 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.info("Resuming from step %d of %s.", latest, workdir)
         state = ckpt.restore(latest, abstract_state, train_iter)
     else:
-        # No mesh in context here: out_shardings place the result, and flax's DenseGeneral would
-        # apply its (reshaped) kernel's logical constraint to the flat initialiser output.
+        # out_shardings place the result, fitted to the mesh (`sharding.logical_shardings`).
         init_fn = jax.jit(lambda r: nn.unbox(stage.init_state(r)), out_shardings=state_shardings)
         state = init_fn(init_rng)
         if config.get("init_from"):
@@ -181,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         for i, local in enumerate(batches):
             if config.get("eval_max_batches") and i >= config.eval_max_batches:
                 break
-            with nn.logical_axis_rules(rules):
+            with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
                 m = jax.device_get(eval_step(state, sharding.make_global_batch(local, mesh)))
             w = float(m.pop("_weight"))
             weight += w
@@ -201,10 +200,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         while step < total_steps:
             with report_progress.timed("data", wait_jax_async_dispatch=False):
                 batch = sharding.make_global_batch(next(train_iter), mesh)
-            # Parameter and batch shardings drive the partitioning (GSPMD propagation). The mesh is
-            # not put in context: flax's DenseGeneral applies a 3-axis kernel constraint to its
-            # flat initialiser output under a mesh, so activation constraints stay off for now.
-            with nn.logical_axis_rules(rules):
+            # Parameter and batch shardings drive the partitioning; with the mesh in context the
+            # model's activation constraints (nn.with_logical_constraint) pin the activations too.
+            with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
                 state, measurements = update_step(state, batch, train_rng)
             step += 1
             measurements = jax.device_get(measurements)

@@ -47,6 +47,15 @@ SCRIPT = CONFIG_CODE + textwrap.dedent("""
     assert jax.device_count() == 8
     workdir = sys.argv[1]
     out = {}
+    # Records the activation constraints the model's nn.with_logical_constraint hands to jax (a
+    # no-op without a mesh in context, so an empty record means the step ran without the mesh).
+    constraints = []
+    wsc = jax.lax.with_sharding_constraint
+    def recording_wsc(x, shardings):
+        constraints.append([list(x.shape), [str(a) for a in getattr(shardings, "spec", shardings)],
+                            dict(getattr(shardings, "mesh", jax.sharding.get_abstract_mesh()).shape)])
+        return wsc(x, shardings)
+    jax.lax.with_sharding_constraint = recording_wsc
     r = train.train_and_evaluate(cfg((1, 2, 4), 4), workdir)
     q = r["state"].params["layers_0"]["attn"]["q_proj"]["kernel"]
     up = r["state"].params["layers_0"]["mlp"]["up_proj"]["kernel"]
@@ -57,6 +66,7 @@ SCRIPT = CONFIG_CODE + textwrap.dedent("""
             if "mu" in jax.tree_util.keystr(p) and "layers_0']['attn']['q_proj" in jax.tree_util.keystr(p)]
     out["mu_shard"] = list(mu_q[0].addressable_shards[0].data.shape)
     out["losses_a"] = [h["loss"] for h in r["history"]]
+    out["constraints"] = constraints
     r = train.train_and_evaluate(cfg((8, 1, 1), 6), workdir)
     out["losses_c"] = [h["loss"] for h in r["history"]]
     out["q_shard_c"] = list(r["state"].params["layers_0"]["attn"]["q_proj"]["kernel"].addressable_shards[0].data.shape)
@@ -78,6 +88,12 @@ def test_sharded_run_matches_one_device_and_resumes_on_another_mesh(tmp_path):
     assert out["up_shard"] == [16, 16]  # up_proj [D=32, F=64]: (fsdp, tensor)
     assert out["q_shard_c"] == [32, 4, 8]  # (8, 1, 1): pure data parallel, parameters whole on each device
     assert out["mu_shard"] == [16, 1, 8]  # Adam's first moment of q_proj is sharded like q_proj
+    # The train step traces under the (1, 2, 4) mesh: q [B=8, T, N=4, H=8] is pinned to
+    # (batch over data+fsdp, heads over tensor), the MLP hidden [B, T, F=64] to tensor.
+    mesh_124 = {"data": 1, "fsdp": 2, "tensor": 4}
+    specs = {(tuple(spec), len(shape)) for shape, spec, mesh in out["constraints"] if mesh == mesh_124}
+    assert (("('data', 'fsdp')", "None", "tensor", "None"), 4) in specs, out["constraints"][:8]
+    assert (("('data', 'fsdp')", "None", "tensor"), 3) in specs, out["constraints"][:8]
 
     reference = train.train_and_evaluate(cfg((1, 1, 1), 6), str(tmp_path / "one"))
     ref_losses = [h["loss"] for h in reference["history"]]

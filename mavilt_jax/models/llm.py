@@ -32,6 +32,7 @@ from typing import Any
 
 import flax
 import flax.linen as nn
+from flax.linen.dtypes import promote_dtype
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -172,6 +173,43 @@ def _dense_init(names: tuple[str, ...]):
     return nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), names)
 
 
+class Projection(nn.Module):
+    """``nn.DenseGeneral`` with its kernel and bias created at their full N-D shape.
+
+    DenseGeneral initialises a flat 2-D kernel and reshapes the box afterwards, so under a mesh the
+    N-axis logical constraint lands on the 2-D array and fails. Here the box holds the N-D array
+    from the start; the values are still drawn flat and reshaped, so parameters, names and shapes
+    equal DenseGeneral's, and the product is the same ``lax.dot_general``.
+    """
+
+    features: tuple[int, ...]
+    n_in: int  # trailing input axes contracted with the kernel's leading axes
+    kernel_axes: tuple[str, ...]
+    bias_axes: tuple[str, ...] | None
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        in_shape = x.shape[x.ndim - self.n_in:]
+        kernel_shape = in_shape + tuple(self.features)
+
+        def flat_normal(rng, shape, dtype):
+            flat = (math.prod(shape[: self.n_in]), math.prod(shape[self.n_in:]))
+            return jnp.reshape(nn.initializers.normal(stddev=0.02)(rng, flat, dtype), shape)
+
+        kernel_init = nn.with_logical_partitioning(flat_normal, self.kernel_axes)
+        kernel = self.param("kernel", kernel_init, kernel_shape, self.param_dtype)
+        bias = None
+        if self.bias_axes is not None:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.bias_axes),
+                              tuple(self.features), self.param_dtype)
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        contract = tuple(range(x.ndim - self.n_in, x.ndim))
+        out = jax.lax.dot_general(x, kernel, ((contract, tuple(range(self.n_in))), ((), ())))
+        return out if bias is None else out + bias
+
+
 class RMSNorm(nn.Module):
     eps: float
     dtype: Any
@@ -197,10 +235,9 @@ class Attention(nn.Module):
         N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
 
         def proj(name, heads, head_axis):
-            return nn.DenseGeneral(
-                (heads, H), use_bias=cfg.attention_bias, dtype=dtype, param_dtype=pdtype, name=name,
-                kernel_init=_dense_init(("embed", head_axis, "head_dim")),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (head_axis, "head_dim")),
+            return Projection(
+                (heads, H), 1, ("embed", head_axis, "head_dim"),
+                (head_axis, "head_dim") if cfg.attention_bias else None, dtype, pdtype, name=name,
             )(x)
 
         q = proj("q_proj", N, "heads")  # [B, T, N, H]
@@ -236,10 +273,8 @@ class Attention(nn.Module):
             probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
             out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(B, T, N, H)  # [B, T, N, H]
 
-        out = nn.DenseGeneral(
-            x.shape[-1], axis=(-2, -1), use_bias=False, dtype=dtype, param_dtype=pdtype, name="o_proj",
-            kernel_init=_dense_init(("heads", "head_dim", "embed")),
-        )(out)  # [B, T, D]
+        o_proj = Projection((x.shape[-1],), 2, ("heads", "head_dim", "embed"), None, dtype, pdtype, name="o_proj")
+        out = o_proj(out)  # [B, T, D]
         return out, new_kv
 
 
