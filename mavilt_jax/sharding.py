@@ -43,7 +43,7 @@ def make_mesh(shape: Sequence[int], axes: Sequence[str], devices: Sequence[jax.D
     return Mesh(np.asarray(devices).reshape(shape), tuple(axes), axis_types=auto)
 
 
-def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
     """Drops mesh axes from dimensions they do not divide (e.g. a vocabulary of 50,182 rows over a
     tensor axis of 4), so any model shape runs on any mesh; the dimension is then replicated."""
     fitted = []
@@ -71,7 +71,7 @@ def logical_shardings(abstract_tree: PyTree, mesh: Mesh, rules: Sequence[tuple[s
         if isinstance(x, nn.meta.AxisMetadata):
             names = x.get_partition_spec() if hasattr(x, "get_partition_spec") else PartitionSpec()
             spec = nn.logical_to_mesh_axes(tuple(names), rules) if isinstance(x, nn.LogicallyPartitioned) else names
-            return jax.tree.map(lambda leaf: NamedSharding(mesh, _fit_spec(spec, leaf.shape, mesh)), getattr(x, "value", None))
+            return jax.tree.map(lambda leaf: NamedSharding(mesh, fit_spec(spec, leaf.shape, mesh)), getattr(x, "value", None))
         return NamedSharding(mesh, PartitionSpec())
 
     return jax.tree.map(shard, abstract_tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))

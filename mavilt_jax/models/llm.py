@@ -41,6 +41,24 @@ Array = jax.Array
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite, so fully masked rows give no NaN
 
 
+def constrain(x: jax.Array, names: tuple[str, ...]) -> jax.Array:
+    """`nn.with_logical_constraint`, minus mesh axes that do not divide a dimension.
+
+    Constraining, say, 2 kv heads or a 50,182-row vocabulary over a tensor axis of 4 would make
+    XLA copy the whole tensor to every device; such dimensions are left replicated instead (the
+    rule `mavilt_jax.sharding.fit_spec` applies to parameters too). Without a mesh in context this
+    is flax's own (a no-op outside a mesh).
+    """
+    rules = nn.get_logical_axis_rules()
+    mesh = jax.sharding.get_abstract_mesh()
+    if not rules or mesh.empty:
+        return nn.with_logical_constraint(x, names)
+    from mavilt_jax import sharding  # Imported here: models stay importable without the trainer.
+
+    spec = nn.logical_to_mesh_axes(names, rules)
+    return jax.lax.with_sharding_constraint(x, sharding.fit_spec(spec, x.shape, mesh))
+
+
 @dataclasses.dataclass(frozen=True)
 class LLMConfig:
     """Static description of the decoder; hashable, so it can be a static jit argument."""
@@ -243,8 +261,8 @@ class Attention(nn.Module):
         q = proj("q_proj", N, "heads")  # [B, T, N, H]
         k = proj("k_proj", K, "kv_heads")  # [B, T, K, H]
         v = proj("v_proj", K, "kv_heads")  # [B, T, K, H]
-        q = nn.with_logical_constraint(q, ("act_batch", "act_len", "act_heads", "act_head_dim"))
-        k = nn.with_logical_constraint(k, ("act_batch", "act_len", "act_kv_heads", "act_head_dim"))
+        q = constrain(q, ("act_batch", "act_len", "act_heads", "act_head_dim"))
+        k = constrain(k, ("act_batch", "act_len", "act_kv_heads", "act_head_dim"))
 
         if cfg.rope_type == "dynamic":
             inv_freq = _dynamic_inv_freq(cfg, positions)
@@ -291,7 +309,7 @@ class MLP(nn.Module):
             feats, use_bias=False, dtype=dtype, param_dtype=pdtype, kernel_init=_dense_init(names), name=name)
         gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x)  # [B, T, F]
         up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x)  # [B, T, F]
-        h = nn.with_logical_constraint(nn.silu(gate) * up, ("act_batch", "act_len", "act_mlp"))
+        h = constrain(nn.silu(gate) * up, ("act_batch", "act_len", "act_mlp"))
         return dense(x.shape[-1], ("mlp", "embed"), "down_proj")(h)  # [B, T, D]
 
 
@@ -309,7 +327,7 @@ class DecoderLayer(nn.Module):
         x = x + attn_out
         h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="post_attention_norm")(x)
         x = x + MLP(cfg, name="mlp")(h)
-        x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
+        x = constrain(x, ("act_batch", "act_len", "act_embed"))
         return x, new_kv
 
 
@@ -349,7 +367,7 @@ class Decoder(nn.Module):
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("vocab", "embed")),
         )
         x = embed(tokens)  # [B, T, D]
-        x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
+        x = constrain(x, ("act_batch", "act_len", "act_embed"))
 
         layer_cls = DecoderLayer
         policy = _REMAT_POLICIES[cfg.remat]
@@ -382,7 +400,7 @@ class Decoder(nn.Module):
                 cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=pdtype, name="lm_head",
                 kernel_init=_dense_init(("embed", "vocab")),
             )(x)  # [B, T, V]
-        logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("act_batch", "act_len", "act_vocab"))
+        logits = constrain(logits.astype(jnp.float32), ("act_batch", "act_len", "act_vocab"))
         new_cache = None if cache is None else KVCache(keys=new_kv[0], values=new_kv[1], end_index=cache.end_index + T)
         return logits, new_cache
 
