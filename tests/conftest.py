@@ -17,3 +17,15 @@ def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real CXR material not found at {SHARED_DATA} (set MAVILT_SHARED_DATA to use it)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def compile_fast():
+    """Compiles with most XLA optimisations off for one test (fast compiles, same values up to
+    float rounding), restoring the setting afterwards."""
+    import jax
+
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)

@@ -111,3 +111,25 @@ def radiograph_examples(studies: list[dict], resolution: int, dataset: str, spli
             "view": study["view"],
         }
     skipped.log(dataset, f"{split} images", kept)
+
+
+class RadiographBuilder(tfds.core.GeneratorBasedBuilder):
+    """Base of the builders of real radiograph collections: array_record files, the shared
+    features, and the skip-and-count example loop. Subclasses set ``HOMEPAGE`` and write
+    ``_split_generators`` (so this class stays abstract and is not registered by TFDS)."""
+
+    HOMEPAGE: str = ""
+
+    def __init__(self, *, file_format: str | None = None, **kwargs):
+        # Read through tfds.data_source + grain, which need array_record files.
+        super().__init__(file_format=file_format or "array_record", **kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(image_features(self.builder_config.resolution)),
+            supervised_keys=None,
+            homepage=self.HOMEPAGE,
+        )
+
+    def _generate_examples(self, studies: list[dict], split: str):
+        yield from radiograph_examples(studies, self.builder_config.resolution, self.name, split)

@@ -48,7 +48,7 @@ from etils import epath
 from mavilt_jax.data import labels as labels_lib
 from mavilt_jax.data import reports
 from tfds_builders import radiographs
-from tfds_builders.radiographs import SkipCounter, drop_missing_images, image_features
+from tfds_builders.radiographs import SkipCounter, drop_missing_images
 
 _R2GEN_SPLITS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 _SPLITS = ("train", "validation", "test")
@@ -102,7 +102,7 @@ def _iter_report_xmls(manual_dir: epath.Path) -> Iterator[tuple[str, bytes]]:
                 yield member.name, tar.extractfile(member).read()
 
 
-class IuXray(tfds.core.GeneratorBasedBuilder):
+class IuXray(radiographs.RadiographBuilder):
     """IU X-ray chest radiographs with their reports and MeSH-derived CheXpert labels."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -135,16 +135,7 @@ class IuXray(tfds.core.GeneratorBasedBuilder):
     The collection is licensed CC BY-NC-ND 4.0 (Demner-Fushman et al., JAMIA 2016).
     """
 
-    def __init__(self, *, file_format: str | None = None, **kwargs):
-        # Read through tfds.data_source + grain, which need array_record files.
-        super().__init__(file_format=file_format or "array_record", **kwargs)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(image_features(self.builder_config.resolution)),
-            supervised_keys=None,
-            homepage="https://openi.nlm.nih.gov/faq",
-        )
+    HOMEPAGE = "https://openi.nlm.nih.gov/faq"
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         manual_dir = epath.Path(dl_manager.manual_dir)
@@ -282,5 +273,3 @@ class IuXray(tfds.core.GeneratorBasedBuilder):
 
     # ---- examples -------------------------------------------------------------------------------
 
-    def _generate_examples(self, studies: list[dict], split: str):
-        yield from radiographs.radiograph_examples(studies, self.builder_config.resolution, self.name, split)

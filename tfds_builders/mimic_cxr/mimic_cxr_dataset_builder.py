@@ -31,7 +31,6 @@ from tfds_builders import radiographs
 from tfds_builders.radiographs import (
     SkipCounter,
     drop_missing_images,
-    image_features,
 )
 
 _OFFICIAL_SPLITS = {"train": "train", "validate": "validation", "test": "test"}
@@ -75,7 +74,7 @@ def _chexpert_labels(row: dict[str, str] | None) -> np.ndarray:
     return out
 
 
-class MimicCxr(tfds.core.GeneratorBasedBuilder):
+class MimicCxr(radiographs.RadiographBuilder):
     """MIMIC-CXR-JPG frontal radiographs with report sections and CheXpert labels."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -100,16 +99,7 @@ class MimicCxr(tfds.core.GeneratorBasedBuilder):
                                                                        manual_dir/mimic-cxr-reports/files/)
     """
 
-    def __init__(self, *, file_format: str | None = None, **kwargs):
-        # Read through tfds.data_source + grain, which need array_record files.
-        super().__init__(file_format=file_format or "array_record", **kwargs)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(image_features(self.builder_config.resolution)),
-            supervised_keys=None,
-            homepage="https://physionet.org/content/mimic-cxr-jpg/",
-        )
+    HOMEPAGE = "https://physionet.org/content/mimic-cxr-jpg/"
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         manual_dir = epath.Path(dl_manager.manual_dir)
@@ -167,5 +157,3 @@ class MimicCxr(tfds.core.GeneratorBasedBuilder):
                 return root / relative
         return None
 
-    def _generate_examples(self, studies: list[dict], split: str):
-        yield from radiographs.radiograph_examples(studies, self.builder_config.resolution, self.name, split)
