@@ -2,7 +2,8 @@
 
 One JSON object per line, with a ``task`` field and the fields of that task:
 
-  report_generation  study_id, reference, generation
+  report_generation  study_id, reference, generation, optional image (the input radiograph,
+                     PNG path; the reader study shows it)
                      (added on scoring: reference_labels, generated_labels, int [14])
   report_to_image    study_id, generated_image (PNG path), optional real_image (PNG path),
                      report (the conditioning text) and/or requested_labels [14],

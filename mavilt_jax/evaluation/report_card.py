@@ -1,4 +1,4 @@
-"""A Markdown report card laid out like the paper's Tables I-III, every figure with its CI."""
+"""A Markdown report card laid out like the paper's Tables I-III and V, every figure with its CI."""
 
 from __future__ import annotations
 
@@ -79,6 +79,34 @@ def _table_iii(res: Mapping, method: str) -> list[str]:
     return out
 
 
+def _table_v(res: Mapping) -> list[str]:
+    """Table V: readers' mean ratings per system, agreement, consistency, paired comparisons."""
+    scales = res["scales"]
+    out = [f"## Table V: reader study ({len(res['readers'])} readers, {res['n_ratings']} ratings of "
+           f"{res['n_cases']} cases)", ""]
+    rows = [[name, *[(f"{_cell(scales[k]['means'][name], 2)} (n = {scales[k]['means'][name]['studies_rated']})"
+                      if name in scales[k]["means"] else "–") for k in scales]] for name in res["systems"]]
+    out += _table(["Method", *[f"{s['name']} (1-5)" for s in scales.values()]], rows)
+    out += ["", "Agreement (Krippendorff's alpha, ordinal) and intra-reader consistency on duplicate cases:", ""]
+    rows = []
+    for s in scales.values():
+        inter, intra = s["inter_reader"], s["intra_reader"]
+        rows.append([s["name"], _cell(inter["alpha"]), str(inter["pairable_cases"]), _cell(intra.get("alpha")),
+                     _cell(intra.get("exact_agreement")), _cell(intra.get("mean_abs_difference"), 2),
+                     str(intra["pairs"])])
+    out += _table(["Scale", "Inter-reader alpha", "Cases (>= 2 readers)", "Intra-reader alpha", "Exact agreement",
+                   "Mean abs. difference", "Duplicate pairs"], rows)
+    rows = [[s["name"], f"{p['a']} - {p['b']}", _cell(p.get("difference"), 2),
+             "–" if not p.get("wilcoxon") or p["wilcoxon"]["statistic"] is None else f"{p['wilcoxon']['statistic']:.1f}",
+             "–" if not p.get("wilcoxon") else f"{p['wilcoxon']['p_value']:.3g}", str(p["studies"])]
+            for s in scales.values() for p in s["paired"]]
+    if rows:
+        out += ["", "Paired comparison on the same studies (per-study mean ratings):", ""]
+        out += _table(["Scale", "A - B", "Mean difference", "Wilcoxon W", "p (two-sided)", "Studies"], rows)
+    out += ["", "Readers: " + ", ".join(f"{r['name']} ({r['ratings']})" for r in res["readers"])]
+    return out
+
+
 def render(results: Mapping, method: str = "MAViLT (this run)") -> str:
     """Markdown text of the report card."""
     lines = ["# Evaluation report card", "",
@@ -89,6 +117,8 @@ def render(results: Mapping, method: str = "MAViLT (this run)") -> str:
         lines += _table_ii(results["report_to_image"], method) + [""]
     if "vqa" in results:
         lines += _table_iii(results["vqa"], method) + [""]
+    if "reader_study" in results:
+        lines += _table_v(results["reader_study"]) + [""]
     lines += ["## Conventions", ""] + [f"- **{k}**: {v}" for k, v in results.get("conventions", {}).items()]
     skipped = results.get("skipped_records") or []
     if skipped:
