@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +59,10 @@ class Generator:
         x = vqgan_lib.to_model_range(np.asarray(images), self.image_size)
         return np.asarray(self._encode(self.vq_params, jnp.asarray(x)))
 
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """codes int32 [B, n] -> the VQ-GAN's images uint8 [B, R, R]."""
+        return vqgan_lib.to_uint8(np.asarray(self._decode(self.vq_params, jnp.asarray(codes))))[..., 0]
+
     def _run(self, prompts: Sequence[Sequence[int]], sampler: sampling.Sampler,
              uncond: Sequence[Sequence[int]] | None = None) -> sampling.GenerationOutput:
         tokens, lengths = sequences.left_pad(prompts, self.layout.pad_id)
@@ -91,7 +95,7 @@ class Generator:
         codes = np.stack([self.vocab.codes(t)[: self.layout.codes_per_image] for t in np.asarray(out.tokens)])
         if codes.shape[1] != self.layout.codes_per_image:
             raise RuntimeError(f"the sampler returned {codes.shape[1]} codes per image, expected {self.layout.codes_per_image}")
-        return vqgan_lib.to_uint8(np.asarray(self._decode(self.vq_params, jnp.asarray(codes))))[..., 0]
+        return self.decode(codes)
 
     def answers(self, codes: np.ndarray, questions: Sequence[Mapping]) -> tuple[list[str], list[float]]:
         """Stage-2 VQA: greedy answers and P(yes) / (P(yes) + P(no)) for each (codes row, question)."""
@@ -118,13 +122,17 @@ def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
 
 
 def predict(generator: Generator, examples: Sequence[Mapping], out_dir: str | pathlib.Path,
-            tasks: Sequence[str] = ("report_generation", "report_to_image", "vqa")) -> list[dict]:
+            tasks: Sequence[str] = ("report_generation", "report_to_image", "vqa"),
+            progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Prediction records for ``examples`` (dicts with image uint8 [H, W(, 1)], findings,
-    impression, study_id, optional vqa); images go to ``out_dir/images``."""
+    impression, study_id, optional vqa); images go to ``out_dir/images``. ``progress(done,
+    total)`` is called after each batch of studies."""
     out_dir = pathlib.Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
-    for batch in _batches(list(examples), generator.cfg.batch_size):
+    examples = list(examples)
+    for start, batch in zip(range(0, len(examples), generator.cfg.batch_size),
+                            _batches(examples, generator.cfg.batch_size)):
         images = np.stack([np.asarray(e["image"]).reshape(np.asarray(e["image"]).shape[:2] + (1,)) for e in batch])
         codes = generator.encode(images)
         ids = [_text(e.get("study_id")) for e in batch]
@@ -148,6 +156,8 @@ def predict(generator: Generator, examples: Sequence[Mapping], out_dir: str | pa
                     records.append({"task": "vqa", "study_id": ids[i], "question": q["question"], "answer": q["answer"],
                                     "prediction": answer, "p_yes": p, "question_type": q.get("question_type"),
                                     "answer_type": q.get("answer_type")})
+        if progress is not None:
+            progress(start + len(batch), len(examples))
     return records
 
 

@@ -1,0 +1,337 @@
+"""The main job's last step: the final model on the held-out test split, beside controls and ceilings.
+
+A quality figure proves nothing alone, so every figure of the model comes with the same figure for:
+
+- ``control_constant_report``: no image read at all: the most common training report for every
+  study, and for VQA the most common training answer to the same question (P(yes) its training
+  frequency);
+- ``control_shuffled_image``: the model itself, given the radiograph of ANOTHER test study (a
+  seeded derangement); report -> image is judged against the requests of another study's report;
+- ``ceiling_judge_real``: the independent judge (a classifier trained separately from phi, which
+  guided the tokenizer's loss and so cannot judge) on the REAL test images: what the pixels carry;
+- ``ceiling_reconstruction``: the judge on the VQ-GAN reconstructions of the test images and their
+  Frechet distances to the real ones: the best a generator over these codes can do (the floor of FD);
+- ``ceiling_code_probe``: a linear probe from the VQ-GAN codes to the 14 labels
+  (`mavilt_jax.evaluation.probe`): what the tokenizer lets the LLM see;
+- ``guidance_sweep``: report -> image at several classifier-free guidance scales.
+
+Written to ``out_dir``: ``results.json`` (all of the above, every figure with its bootstrap 95 %
+CI), ``report_card.md`` (summary with the bars, then Tables I-III of the model),
+``image_grid.png`` (real vs generated), ``sample_reports.md`` and ``predictions/`` (records and
+images, re-scorable with ``python -m mavilt_jax.evaluate --predictions``).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import pathlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from mavilt_jax.evaluation import records as records_lib
+
+# The figures of the summary table: (row key in results, label, path into a task's results).
+SUMMARY_COLUMNS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("ce_f1_micro", "CE micro-F1 (14)", ("report_generation", "clinical_efficacy", "f1_micro")),
+    ("bleu4", "BLEU-4", ("report_generation", "nlg", "BLEU-4")),
+    ("rouge_l", "ROUGE-L", ("report_generation", "nlg", "ROUGE-L")),
+    ("vqa_accuracy", "VQA accuracy", ("vqa", "metrics", "accuracy")),
+    ("vqa_auroc", "VQA yes/no AUROC", ("vqa", "metrics", "auroc_yes_no")),
+    ("judge_auroc", "Judge AUROC (macro)", ("report_to_image", "conditional", "metrics", "auroc_macro")),
+    ("fd_inception", "FD (Inception)", ("report_to_image", "fid", "inception")),
+    ("fd_judge", "FD (judge)", ("report_to_image", "fid", "judge")),
+)
+
+
+def progress(message: str) -> None:
+    """One line on the terminal (the main job's progress display) and in the log."""
+    from mavilt_jax import progress as progress_lib
+
+    progress_lib.show(message)
+
+
+def _get(tree: Mapping, path: Sequence[str]) -> Mapping | None:
+    for key in path:
+        if not isinstance(tree, Mapping) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree if isinstance(tree, Mapping) else None
+
+
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A seeded permutation of range(n) with no fixed point (n >= 2): Sattolo's algorithm, which
+    draws a uniformly random n-cycle, so no study keeps its own image."""
+    if n < 2:
+        raise ValueError("a shuffled-image control needs at least 2 studies")
+    rng = np.random.default_rng(seed)
+    perm = np.arange(n)
+    for i in range(n - 1, 0, -1):
+        j = int(rng.integers(0, i))  # j < i: never the element itself
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+def constant_report(train_reports: Sequence[str]) -> str:
+    """The most common training report (ties: the first seen)."""
+    if not train_reports:
+        raise ValueError("no training reports")
+    return collections.Counter(train_reports).most_common(1)[0][0]
+
+
+def majority_answers(train_pairs: Sequence[Mapping[str, str]]) -> tuple[dict[str, str], dict[str, float], str]:
+    """From training VQA pairs: (most common answer per question, P(yes) per question, the overall
+    most common answer for unseen questions)."""
+    from mavilt_jax.evaluation.vqa_metrics import normalize_answer
+
+    by_question: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for pair in train_pairs:
+        by_question[pair["question"]][normalize_answer(pair["answer"])] += 1
+    answers = {q: c.most_common(1)[0][0] for q, c in by_question.items()}
+    p_yes = {q: (c["yes"] / max(c["yes"] + c["no"], 1)) for q, c in by_question.items()}
+    overall = collections.Counter(normalize_answer(p["answer"]) for p in train_pairs).most_common(1)[0][0]
+    return answers, p_yes, overall
+
+
+def _record_set(records: list[dict], base_dir: pathlib.Path) -> records_lib.RecordSet:
+    return records_lib.group_records(records, base_dir)
+
+
+def _score(records: list[dict], base_dir: pathlib.Path, cfg, scorers: Mapping, out_dir: pathlib.Path | None = None,
+           extractors: tuple[str, ...] | None = None) -> dict:
+    from mavilt_jax.evaluation import suite
+
+    if extractors is not None:
+        cfg = dataclasses.replace(cfg, fid_extractors=extractors)
+    return suite.score_records(_record_set(records, base_dir), cfg, out_dir=out_dir, **scorers)
+
+
+def _image_records(ids: Sequence[str], reports: Sequence[str], real_paths: Sequence[str], shown: Sequence[str]) -> list[dict]:
+    return [{"task": "report_to_image", "study_id": s, "report": r, "real_image": real, "generated_image": g}
+            for s, r, real, g in zip(ids, reports, real_paths, shown)]
+
+
+def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.ConfigDict, model_workdir: str,
+        out_dir: str) -> dict:
+    """Evaluates the stage-2 (or stage-1) checkpoint in ``model_workdir``; writes to ``out_dir``."""
+    from PIL import Image
+
+    from mavilt_jax import evaluate as evaluate_cli
+    from mavilt_jax.data import sequences
+    from mavilt_jax.evaluation import generate, probe, report_card, suite
+
+    out = pathlib.Path(out_dir)
+    pred_dir = out / "predictions"
+    (pred_dir / "images").mkdir(parents=True, exist_ok=True)
+    ec = eval_config
+    cfg = suite.EvalConfig(resamples=ec.resamples, nlg_resamples=ec.nlg_resamples, fid_resamples=ec.fid_resamples,
+                           seed=ec.seed, meteor=ec.meteor, fid_extractors=tuple(ec.fid_extractors))
+    gen_cfg = generate.GenerationConfig(max_report_tokens=ec.max_report_tokens, guidance_scale=ec.guidance_scale,
+                                        batch_size=ec.batch_size, seed=ec.seed)
+    timings: dict[str, float] = {}
+    clock = time.time()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        timings[name] = round(time.time() - clock, 1)
+        clock = time.time()
+
+    generator = generate.load_generator(model_config, model_workdir, gen_cfg)
+    examples = generate.split_examples(generator, model_config, ec.split, ec.max_studies)
+    train_source = generator.stage.source(model_config.data.get("train_split", "train"))
+    n = len(examples)
+    progress(f"evaluation: {n} {ec.split} studies; judge {ec.judge}")
+
+    features_fns, classifier_fn = evaluate_cli.phi_scorers(ec.judge)
+    scorers = {"features_fns": {"judge": features_fns["phi"]}, "classifier_fn": classifier_fn}
+
+    # ---- the model -------------------------------------------------------------------------------
+    records = generate.predict(generator, examples, pred_dir, progress=lambda d, t: progress(
+        f"evaluation: model predictions {d}/{t} studies"))
+    records_lib.write_records(pred_dir / "predictions.jsonl", records)
+    lap("generate_model")
+    progress("evaluation: scoring the model")
+    results: dict = {"split": ec.split, "n_studies": n, "model_workdir": str(model_workdir),
+                     "guidance_scale": ec.guidance_scale}
+    results["model"] = _score(records, pred_dir, cfg, scorers, out_dir=out)
+    lap("score_model")
+
+    ids = [r["study_id"] for r in records if r["task"] == "report_to_image"]
+    references = [r["report"] for r in records if r["task"] == "report_to_image"]
+    real_paths = [r["real_image"] for r in records if r["task"] == "report_to_image"]
+    gen_paths = [r["generated_image"] for r in records if r["task"] == "report_to_image"]
+
+    # ---- control (a): no image read at all ----------------------------------------------------
+    progress("evaluation: control (a) constant report / majority answer")
+    train_examples = [train_source[i] for i in range(len(train_source))]
+    constant = constant_report([generator.builder.report_text(e) for e in train_examples])
+    answers, p_yes, overall = majority_answers([p for e in train_examples for p in sequences.vqa_pairs(e.get("vqa"))])
+    control_a = [{**r, "generation": constant} for r in records if r["task"] == "report_generation"]
+    control_a += [{**r, "prediction": answers.get(r["question"], overall), "p_yes": p_yes.get(r["question"], 0.5)}
+                  for r in records if r["task"] == "vqa"]
+    results["control_constant_report"] = {"report": constant, **_score(control_a, pred_dir, cfg, scorers)}
+    lap("control_constant")
+
+    # ---- control (b): the radiograph of another study -------------------------------------------
+    perm = derangement(n, ec.seed)
+    swapped = [{**e, "image": examples[j]["image"]} for e, j in zip(examples, perm)]
+    control_b = generate.predict(generator, swapped, pred_dir / "control_shuffled", tasks=("report_generation", "vqa"),
+                                 progress=lambda d, t: progress(f"evaluation: control (b) shuffled images {d}/{t}"))
+    # report -> image: the images generated for another study's report, judged against this one's.
+    control_b += _image_records(ids, references, real_paths, [gen_paths[j] for j in perm])
+    results["control_shuffled_image"] = _score(control_b, pred_dir, cfg, scorers)
+    lap("control_shuffled")
+
+    # ---- ceilings: the judge on real images and on VQ-GAN reconstructions ------------------------
+    progress("evaluation: ceilings (judge on real images, VQ-GAN reconstructions, code probe)")
+    images = np.stack([np.asarray(e["image"]).reshape(np.asarray(e["image"]).shape[:2] + (1,)) for e in examples])
+    codes = np.concatenate([generator.encode(images[i:i + 64]) for i in range(0, n, 64)])
+    recon = np.concatenate([generator.decode(codes[i:i + 64]) for i in range(0, n, 64)])
+    recon_paths = []
+    for sid, im in zip(ids, recon):
+        recon_paths.append(f"images/{sid}_reconstruction.png")
+        Image.fromarray(im).save(pred_dir / recon_paths[-1])
+    results["ceiling_judge_real"] = _score(_image_records(ids, references, real_paths, real_paths), pred_dir, cfg,
+                                           scorers, extractors=())
+    results["ceiling_reconstruction"] = _score(_image_records(ids, references, real_paths, recon_paths), pred_dir,
+                                               cfg, scorers)
+    lap("ceilings_images")
+    if ec.probe:
+        train_images = np.stack([np.asarray(e["image"]).reshape(np.asarray(e["image"]).shape[:2] + (1,))
+                                 for e in train_examples])
+        train_codes = np.concatenate([generator.encode(train_images[i:i + 64])
+                                      for i in range(0, len(train_images), 64)])
+        results["ceiling_code_probe"] = probe.code_probe(
+            train_codes, np.stack([np.asarray(e["labels"]) for e in train_examples]), codes,
+            np.stack([np.asarray(e["labels"]) for e in examples]), generator.layout.codebook_size)
+        lap("ceiling_probe")
+
+    # ---- guidance sweep ------------------------------------------------------------------------
+    sweep = {}
+    for scale in ec.guidance_sweep:
+        if float(scale) == float(ec.guidance_scale):
+            sweep[str(float(scale))] = results["model"]["report_to_image"]
+            continue
+        progress(f"evaluation: guidance sweep, scale {scale}")
+        generator.cfg = dataclasses.replace(generator.cfg, guidance_scale=float(scale))
+        folder = pred_dir / f"guidance_{scale}"
+        sweep_records = generate.predict(generator, examples, folder, tasks=("report_to_image",))
+        sweep[str(float(scale))] = _score(sweep_records, folder, cfg, scorers)["report_to_image"]
+    generator.cfg = gen_cfg
+    results["guidance_sweep"] = sweep
+    lap("guidance_sweep")
+
+    results["timings_s"] = timings
+    results["bars"] = check_bars(results, ec.bars.to_dict() if ec.get("bars") else {})
+    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=True, default=_jsonable))
+    (out / "report_card.md").write_text(render_card(results) + "\n" + report_card.render(results["model"]))
+    write_sample_reports(out / "sample_reports.md", records, results["control_shuffled_image"], ec.sample_reports)
+    return results
+
+
+def _jsonable(value):
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def summary_value(row: Mapping | None, path: Sequence[str]) -> Mapping | None:
+    """An estimate ({value, ci_low, ci_high, ...}) at ``path`` of a row of results, or None."""
+    if row is None:
+        return None
+    return _get(row, path)
+
+
+def check_bars(results: Mapping, bars: Mapping[str, float]) -> dict[str, dict]:
+    """{column key: {bar, value, ci_low, ci_high, met}} for the model's summary figures.
+
+    A bar is met when the point estimate reaches it (FD bars, if any, are upper bounds)."""
+    paths = {key: path for key, _, path in SUMMARY_COLUMNS}
+    out = {}
+    for key, bar in bars.items():
+        if key not in paths:
+            raise ValueError(f"unknown bar {key!r}; known: {sorted(paths)}")
+        est = summary_value(results.get("model"), paths[key])
+        value = None if est is None else est.get("value")
+        lower_is_better = key.startswith("fd_")
+        met = value is not None and value == value and (value <= bar if lower_is_better else value >= bar)
+        out[key] = {"bar": bar, "value": value, "ci_low": est and est.get("ci_low"),
+                    "ci_high": est and est.get("ci_high"), "met": bool(met)}
+    return out
+
+
+def _cell(est: Mapping | None, digits: int = 3) -> str:
+    if not est or est.get("value") is None:
+        return "–"
+    v = est["value"]
+    if v != v:
+        return "n/a"
+    if "ci_low" in est and est["ci_low"] is not None:
+        return f"{v:.{digits}f} [{est['ci_low']:.{digits}f}, {est['ci_high']:.{digits}f}]"
+    return f"{v:.{digits}f}"
+
+
+def render_card(results: Mapping) -> str:
+    """The summary: the model beside its controls and ceilings, the bars, the guidance sweep."""
+    rows = [("Model", results.get("model")),
+            ("control: constant report / majority answer", results.get("control_constant_report")),
+            ("control: shuffled image (another study's radiograph)", results.get("control_shuffled_image")),
+            ("ceiling: judge on the real test images", results.get("ceiling_judge_real")),
+            ("ceiling: VQ-GAN reconstructions of the test images", results.get("ceiling_reconstruction"))]
+    header = ["Row"] + [label for _, label, _ in SUMMARY_COLUMNS]
+    lines = [f"# Main job: held-out {results['split']} split ({results['n_studies']} studies)", "",
+             "Each figure: value [95 % CI] (percentile bootstrap over studies). Controls must be far below the "
+             "model; ceilings bound what the model can reach.", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for name, row in rows:
+        cells = [_cell(summary_value(row, path), 2 if key.startswith("fd_") else 3) for key, _, path in SUMMARY_COLUMNS]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    probe_res = results.get("ceiling_code_probe")
+    if probe_res:
+        lines += ["", f"Ceiling, code probe (logistic regression on one-hot VQ-GAN codes -> labels, "
+                      f"{probe_res['findings_scored']} findings): macro AUROC {probe_res['auroc_macro']:.3f}; "
+                      + ", ".join(f"{k.split('/', 1)[1]} {v:.2f}" for k, v in probe_res.items() if k.startswith("auroc/"))]
+    if results.get("bars"):
+        lines += ["", "## Bars", "", "| Figure | Bar | Model | Met |", "|---|---|---|---|"]
+        labels = {key: label for key, label, _ in SUMMARY_COLUMNS}
+        for key, b in results["bars"].items():
+            lines.append(f"| {labels[key]} | {'<=' if key.startswith('fd_') else '>='} {b['bar']} | "
+                         f"{_cell(b)} | {'yes' if b['met'] else 'NO'} |")
+    if results.get("guidance_sweep"):
+        lines += ["", "## Guidance sweep (report -> image)", "",
+                  "| Scale | Judge AUROC (macro) | FD (Inception) | FD (judge) |", "|---|---|---|---|"]
+        for scale, res in results["guidance_sweep"].items():
+            cells = [_cell(_get(res, p[1:]), 2 if k.startswith("fd_") else 3)
+                     for k, _, p in SUMMARY_COLUMNS if p[0] == "report_to_image"]
+            lines.append(f"| {scale} | " + " | ".join(cells) + " |")
+    if results.get("timings_s"):
+        lines += ["", "Evaluation wall time (s): " + ", ".join(f"{k} {v}" for k, v in results["timings_s"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_sample_reports(path: pathlib.Path, records: Sequence[Mapping], shuffled: Mapping, count: int) -> None:
+    """A few generated reports beside their references."""
+    rows = [r for r in records if r["task"] == "report_generation"][:count]
+    lines = ["# Sample reports (held-out test studies)", ""]
+    for r in rows:
+        lines += [f"## {r['study_id']}", "", f"**Generated:** {r['generation']}", "", f"**Reference:** {r['reference']}", ""]
+    path.write_text("\n".join(lines))
+
+
+def pipeline_step(config: ml_collections.ConfigDict, pipeline: ml_collections.ConfigDict, workdir: str,
+                  show: Callable[[str], None] | None = None) -> dict:
+    """The evaluation step of `train.run_pipeline`: evaluates step ``config.model_step`` of the
+    pipeline; skipped when ``workdir`` already holds its results.json (delete it to rerun)."""
+    done = pathlib.Path(workdir) / "results.json"
+    if done.exists():
+        progress(f"evaluation: {done} exists, not recomputed (delete it to evaluate again)")
+        return json.loads(done.read_text())
+    model_workdir = str(pathlib.Path(workdir) / config.model_step)
+    return run(config, pipeline[config.model_step], model_workdir, workdir)

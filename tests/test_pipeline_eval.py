@@ -1,0 +1,88 @@
+"""The main job's evaluation pieces: controls, the code probe, bars (values checked by hand)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mavilt_jax.data import labels as L
+from mavilt_jax.evaluation import pipeline_eval, probe
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 200])
+def test_derangement_moves_every_study(n):
+    perm = pipeline_eval.derangement(n, seed=0)
+    assert sorted(perm.tolist()) == list(range(n))
+    assert not np.any(perm == np.arange(n))
+    np.testing.assert_array_equal(perm, pipeline_eval.derangement(n, seed=0))
+
+
+def test_derangement_needs_two_studies():
+    with pytest.raises(ValueError):
+        pipeline_eval.derangement(1, seed=0)
+
+
+def test_constant_report_is_the_most_common():
+    reports = ["b", "a", "c", "a", "b", "a"]
+    assert pipeline_eval.constant_report(reports) == "a"
+    assert pipeline_eval.constant_report(["x", "y"]) == "x"  # ties: the first seen
+
+
+def test_majority_answers_by_question():
+    pairs = [{"question": "Is there an effusion?", "answer": "No"},
+             {"question": "Is there an effusion?", "answer": "yes"},
+             {"question": "Is there an effusion?", "answer": "no"},
+             {"question": "Which side?", "answer": "left"}]
+    answers, p_yes, overall = pipeline_eval.majority_answers(pairs)
+    assert answers == {"Is there an effusion?": "no", "Which side?": "left"}
+    assert p_yes["Is there an effusion?"] == pytest.approx(1 / 3)
+    assert p_yes["Which side?"] == 0.0
+    assert overall == "no"
+
+
+def test_one_hot_codes_matches_a_dense_construction():
+    codes = np.array([[0, 2], [1, 1], [2, 0]])
+    dense = np.zeros((3, 2 * 3))
+    for i, row in enumerate(codes):
+        for pos, c in enumerate(row):
+            dense[i, pos * 3 + c] = 1
+    np.testing.assert_array_equal(probe.one_hot_codes(codes, 3).toarray(), dense)
+    with pytest.raises(ValueError):
+        probe.one_hot_codes(np.array([[3]]), 3)
+
+
+def test_code_probe_reads_a_finding_the_codes_carry_and_not_noise():
+    rng = np.random.default_rng(0)
+    n, K = 400, 8
+    codes = rng.integers(0, K, size=(n, 6))
+    labels = np.full((n, L.NUM_OBSERVATIONS), L.ABSENT, np.int8)
+    effusion = L.INDEX["Pleural Effusion"]
+    edema = L.INDEX["Edema"]
+    labels[:, effusion] = np.where(codes[:, 2] == 5, L.POSITIVE, L.NEGATIVE)  # carried by position 2
+    labels[:, edema] = np.where(rng.random(n) < 0.3, L.POSITIVE, L.NEGATIVE)  # carried by nothing
+    labels[0, effusion] = L.UNCERTAIN  # left out, as in conditional correctness
+    out = probe.code_probe(codes[:300], labels[:300], codes[300:], labels[300:], K, regularization=10.0)
+    assert out["auroc/Pleural Effusion"] == pytest.approx(1.0)
+    assert 0.3 < out["auroc/Edema"] < 0.7
+    assert out["findings_scored"] == 2
+    assert out["auroc_macro"] == pytest.approx((out["auroc/Pleural Effusion"] + out["auroc/Edema"]) / 2)
+
+
+def test_check_bars_reads_the_model_row():
+    results = {"model": {"report_generation": {"clinical_efficacy": {"f1_micro": {"value": 0.82, "ci_low": 0.8,
+                                                                                   "ci_high": 0.84}}},
+                         "vqa": {"metrics": {"accuracy": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}}}}}
+    bars = pipeline_eval.check_bars(results, {"ce_f1_micro": 0.8, "vqa_accuracy": 0.9, "vqa_auroc": 0.95})
+    assert bars["ce_f1_micro"]["met"] and not bars["vqa_accuracy"]["met"]
+    assert bars["vqa_auroc"] == {"bar": 0.95, "value": None, "ci_low": None, "ci_high": None, "met": False}
+    with pytest.raises(ValueError, match="unknown bar"):
+        pipeline_eval.check_bars(results, {"bleu": 0.1})
+
+
+def test_render_card_names_controls_and_ceilings():
+    est = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+    row = {"vqa": {"metrics": {"accuracy": est}}}
+    card = pipeline_eval.render_card({"split": "test", "n_studies": 3, "model": row, "control_constant_report": row,
+                                      "control_shuffled_image": row, "bars": {}, "guidance_sweep": {}})
+    assert "control: constant report" in card and "control: shuffled image" in card
+    assert "0.500 [0.400, 0.600]" in card
