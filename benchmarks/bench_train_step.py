@@ -11,8 +11,6 @@ sequence (two sequences per image-report pair).
 
 from __future__ import annotations
 
-import pathlib
-import sys
 import tempfile
 import time
 
@@ -22,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the configs/ package
-from configs import stage1 as stage1_config  # noqa: E402
+from configs import stage1 as stage1_config
 from mavilt_jax.data import phantoms
 from mavilt_jax.data.vocab import BPE_EOS, ExtendedVocab, train_bpe
 from mavilt_jax.stages import multimodal

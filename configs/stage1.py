@@ -10,36 +10,37 @@ LLM and its tokenizer; otherwise ``model.pretrained``); ``tokenizer=DIR`` (VQ-GA
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
 from configs import common
+from configs import tokenizer as tokenizer_config
 
 
 def vqgan_block(image_size: int = 64) -> ml_collections.ConfigDict:
-    """VQ-GAN shape used only when no tokenizer checkpoint is given (tests): runlocal tokenizer's."""
-    return ml_collections.ConfigDict(dict(
-        model=dict(image_size=image_size, image_channels=1, base_channels=16, channel_multipliers=(1, 2, 2, 4),
-                   num_res_blocks=1, attention=True, embedding_dim=32, codebook_size=256, code_dim=8,
-                   commitment_cost=0.25, norm_groups=8)))
+    """VQ-GAN shape used only when no tokenizer checkpoint is given (tests): the runlocal tokenizer's."""
+    return ml_collections.ConfigDict(dict(model=tokenizer_config.config(runlocal=True, res=image_size).model))
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(arg, runlocal=False, model="cpu", text="", tokenizer="", phi="", recon=-1.0, reg=-1.0,
-                           steps=0, res=0)
+def config(*, runlocal: bool = False, model: str = "cpu", text: str = "", tokenizer: str = "", phi: str = "",
+           recon: float | None = None, reg: float | None = None, steps: int | None = None, res: int | None = None,
+           **overrides: Any) -> ml_collections.ConfigDict:
+    """The stage config; ``overrides`` set fields by path (``**{"sequence.max_len": 256}``)."""
     config = common.base_config(stage="stage1")
-    config.model = common.llm_config(arg.model)
-    if arg.text:
+    config.model = common.llm_config(model)
+    if text:
         config.model.pretrained = ""  # the text-pretrained LLM comes from text_checkpoint
-    config.text_checkpoint = arg.text
-    config.tokenizer_checkpoint = arg.tokenizer
-    config.phi_checkpoint = arg.phi
-    config.vqgan = vqgan_block(arg.res or 64)
-    res = arg.res or (64 if arg.runlocal else 128)
+    config.text_checkpoint = text
+    config.tokenizer_checkpoint = tokenizer
+    config.phi_checkpoint = phi
+    config.vqgan = vqgan_block(res or 64)
+    res = res or (64 if runlocal else 128)
     config.data = common.data_config("synthetic_cxr", "r64_small" if res <= 64 else "r128")
     config.sequence = ml_collections.ConfigDict(dict(
         max_len=384, cond_drop_prob=0.1, report_section="both", use_chat_template=True))
     config.loss = ml_collections.ConfigDict(dict(
-        lambda_reg=1e-4, lambda_recon=0.1, lambda_grad=1.0, lambda_feat=0.1 if arg.phi else 0.0))
+        lambda_reg=1e-4, lambda_recon=0.1, lambda_grad=1.0, lambda_feat=0.1 if phi else 0.0))
     config.total_steps = 20_000
     config.batch_size = 32
     config.optimizer = common.optimizer_config(learning_rate=3e-4, warmup_steps=500)
@@ -47,18 +48,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_max_batches = 20
     config.num_samples = 4  # sample reports / images written at the end and every sample_every_steps
 
-    if arg.runlocal:
+    if runlocal:
         config = common.runlocal(config)
         config.sequence.max_len = 224  # ~130 report tokens + 64 codes + markers
         config.batch_size = 8
         config.total_steps = 200
-        config.optimizer = common.optimizer_config(learning_rate=1e-3, warmup_steps=20)
+        config.optimizer.update(learning_rate=1e-3, warmup_steps=20)
         config.eval_every_steps = 100
         config.eval_max_batches = 2
-    if arg.recon >= 0:
-        config.loss.lambda_recon = arg.recon
-    if arg.reg >= 0:
-        config.loss.lambda_reg = arg.reg
-    if arg.steps:
-        config.total_steps = arg.steps
-    return config
+    if recon is not None:
+        config.loss.lambda_recon = recon
+    if reg is not None:
+        config.loss.lambda_reg = reg
+    if steps is not None:
+        config.total_steps = steps
+    return common.override(config, overrides)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return config(**common.variants(config, arg))

@@ -9,20 +9,27 @@ anchor; lambda_feat > 0: phi), since the frozen arrays are taken from stage 1 as
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
 from configs import common
-from configs import stage1
+from configs import stage1 as stage1_config
+
+
+def config(*, runlocal: bool = False, model: str = "cpu", stage1: str = "", tokenizer: str = "", phi: str = "",
+           recon: float | None = None, reg: float | None = None, steps: int | None = None, res: int | None = None,
+           **overrides: Any) -> ml_collections.ConfigDict:
+    """Stage 1's config with these variants, turned into stage 2; ``overrides`` set fields by path."""
+    config = stage1_config.config(runlocal=runlocal, model=model, tokenizer=tokenizer, phi=phi, recon=recon,
+                                  reg=reg, res=res)
+    config.stage = "stage2"
+    config.init_from = stage1
+    config.model.pretrained = ""
+    config.optimizer.learning_rate = config.optimizer.learning_rate / 3
+    config.total_steps = config.total_steps // 2 if steps is None else steps
+    return common.override(config, overrides)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(arg, runlocal=False, model="cpu", stage1="", tokenizer="", phi="", recon=-1.0,
-                           reg=-1.0, steps=0, res=0)
-    variant = ",".join(f"{k}={v}" for k, v in arg.items() if k not in ("stage1", "runlocal") and v not in ("", 0, -1.0))
-    config = stage1.get_config(("runlocal," if arg.runlocal else "") + variant)
-    config.stage = "stage2"
-    config.init_from = arg.stage1
-    config.model.pretrained = ""
-    config.optimizer.learning_rate = config.optimizer.learning_rate / 3
-    config.total_steps = config.total_steps // 2 if not arg.steps else arg.steps
-    return config
+    return config(**common.variants(config, arg))

@@ -8,17 +8,20 @@ imported SmolLM2-135M with its own tokenizer); ``iu=PATH`` (indiana_reports.csv)
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
 from configs import common
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(arg, runlocal=False, model="cpu", iu="", steps=0)
+def config(*, runlocal: bool = False, model: str = "cpu", iu: str = "", steps: int | None = None,
+           **overrides: Any) -> ml_collections.ConfigDict:
+    """The stage config; ``overrides`` set fields by path (``**{"optimizer.learning_rate": 1e-3}``)."""
     config = common.base_config(stage="text_pretrain")
-    config.model = common.llm_config(arg.model)
+    config.model = common.llm_config(model)
     config.text = ml_collections.ConfigDict(dict(
-        num_synthetic=20_000, synthetic_seed=0, bpe_vocab_size=2048, iu_reports_csv=arg.iu,
+        num_synthetic=20_000, synthetic_seed=0, bpe_vocab_size=2048, iu_reports_csv=iu,
         validation_fraction=0.05))
     config.sequence = ml_collections.ConfigDict(dict(max_len=160))
     config.loss = ml_collections.ConfigDict(dict(lambda_reg=0.0, lambda_recon=0.0))
@@ -29,15 +32,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_max_batches = 20
     config.num_samples = 4  # sample reports / images written at the end and every sample_every_steps
 
-    if arg.runlocal:
+    if runlocal:
         config = common.runlocal(config)
         config.text.num_synthetic = 1500
         config.text.bpe_vocab_size = 512
         config.sequence.max_len = 128
         config.batch_size = 16
         config.total_steps = 300
-        config.optimizer = common.optimizer_config(learning_rate=3e-3, warmup_steps=30)
+        config.optimizer.update(learning_rate=3e-3, warmup_steps=30)
         config.eval_every_steps = 100
-    if arg.steps:
-        config.total_steps = arg.steps
-    return config
+    if steps is not None:
+        config.total_steps = steps
+    return common.override(config, overrides)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return config(**common.variants(config, arg))

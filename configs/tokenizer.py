@@ -9,15 +9,18 @@ lambda_grad = lambda_feat = 0, plain L1 + VQ + GAN); ``steps=N``; ``codebook=K``
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
 from configs import common
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(arg, runlocal=False, res=0, phi="", clinical=True, steps=0, codebook=0)
+def config(*, runlocal: bool = False, res: int | None = None, phi: str = "", clinical: bool = True,
+           steps: int | None = None, codebook: int | None = None, **overrides: Any) -> ml_collections.ConfigDict:
+    """The stage config; ``overrides`` set fields by path (``**{"loss.disc_start": 50}``)."""
     config = common.base_config(stage="tokenizer")
-    res = arg.res or (64 if arg.runlocal else 256)
+    res = res or (64 if runlocal else 256)
     config.data = common.data_config("synthetic_cxr", "r64" if res <= 64 else "r128")
     config.total_steps = 50_000
     config.batch_size = 32
@@ -38,16 +41,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_adaptive_weight=1e4,
     ))
     config.quantizer_restart = ml_collections.ConfigDict(dict(every=200, threshold=0.03, decay=0.99))
-    config.phi = ml_collections.ConfigDict(dict(checkpoint=arg.phi, allow_random=False))
+    config.phi = ml_collections.ConfigDict(dict(checkpoint=phi, allow_random=False))
     config.num_samples = 8
 
-    if arg.runlocal:
+    if runlocal:
         config = common.runlocal(config)
         config.batch_size = 8
         config.total_steps = 300
-        config.optimizer = common.optimizer_config(learning_rate=1e-3, warmup_steps=20)
-        config.optimizer.weight_decay = 0.0
-        config.optimizer.grad_clip_norm = 0.0
+        # Only the schedule changes: the VQGAN betas and no weight decay / clipping set above stay.
+        config.optimizer.update(learning_rate=1e-3, warmup_steps=20)
         config.disc_optimizer.learning_rate = 1e-3
         config.model.update(base_channels=16, channel_multipliers=(1, 2, 2, 4), num_res_blocks=1,
                             embedding_dim=32, codebook_size=256, code_dim=8, norm_groups=8)
@@ -58,14 +60,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval_every_steps = 100
         config.checkpoint.every_steps = 100
         config.disable_most_optimizations = False
-    if not arg.clinical:
+    if not clinical:
         config.loss.lambda_grad = 0.0
         config.loss.lambda_feat = 0.0
-    elif not arg.phi:
+    elif not phi:
         # No trained phi given: the feature term cannot be computed, keep the gradient term only.
         config.loss.lambda_feat = 0.0
-    if arg.steps:
-        config.total_steps = arg.steps
-    if arg.codebook:
-        config.model.codebook_size = arg.codebook
-    return config
+    if steps is not None:
+        config.total_steps = steps
+    if codebook is not None:
+        config.model.codebook_size = codebook
+    return common.override(config, overrides)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return config(**common.variants(config, arg))

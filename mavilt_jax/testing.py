@@ -11,17 +11,21 @@ from typing import Any
 import jax
 import numpy as np
 
+from configs.common import LLM_SIZES
 from mavilt_jax.data.vocab import VocabLayout
 from mavilt_jax.models.llm import LLMConfig, init_params
+
+# The one tiny LLM size (also the configs' ``model=tiny``).
+TINY_SIZE: dict[str, int] = LLM_SIZES["tiny"]
+assert TINY_SIZE["hidden_size"] == TINY_SIZE["num_heads"] * TINY_SIZE["head_dim"]  # as transformers derives it
 
 # A vocabulary small enough for fast tests: 40 text ids, 16 image codes, 4 codes per image.
 TINY_LAYOUT = VocabLayout(text_vocab_size=40, codebook_size=16, codes_per_image=4, eos_id=2)
 
 
 def tiny_llm_config(vocab_size: int = TINY_LAYOUT.size, **overrides: Any) -> LLMConfig:
-    """A 2-layer GQA decoder (4 query heads over 2 kv heads)."""
-    kwargs = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
-                  num_kv_heads=2, head_dim=8, max_position_embeddings=128)
+    """The tiny size of `configs/common.py` (2 layers, 4 query heads over 2 kv heads), 128 positions."""
+    kwargs = dict(vocab_size=vocab_size, max_position_embeddings=128, **TINY_SIZE)
     kwargs.update(overrides)
     return LLMConfig(**kwargs)
 
@@ -45,8 +49,9 @@ def tiny_hf_checkpoint(directory: str | pathlib.Path, model_type: str = "llama",
     import torch  # the reference implementation; test dependency only
     import transformers
 
-    kwargs = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5)
+    kwargs = dict(vocab_size=64, hidden_size=TINY_SIZE["hidden_size"], intermediate_size=TINY_SIZE["intermediate_size"],
+                  num_hidden_layers=TINY_SIZE["num_layers"], num_attention_heads=TINY_SIZE["num_heads"],
+                  num_key_value_heads=TINY_SIZE["num_kv_heads"], max_position_embeddings=64, rms_norm_eps=1e-5)
     kwargs.update(config_kwargs)
     if model_type == "llama":
         config, cls = transformers.LlamaConfig(**kwargs), transformers.LlamaForCausalLM

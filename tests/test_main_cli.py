@@ -21,6 +21,7 @@ def _main(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("args, message", [
     (["--config=configs/no_such_file.py", "--workdir=W"], "No such file"),
     (["--config=configs/stage1.py:no_such_variant", "--workdir=W"], "unknown config variant 'no_such_variant'"),
+    (["--config=configs/stage1.py:modle=7b", "--workdir=W"], "unknown config variant 'modle'; known: ["),
     (["--config=configs/stage1.py", "--workdir=W", "--config.no_such_field=1"], "no_such_field"),
     (["--config=configs/stage1.py", "--workdir=W", "--config.total_steps=many"], "total_steps"),
     (["--config=configs/stage1.py"], "--workdir"),

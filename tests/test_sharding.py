@@ -85,11 +85,11 @@ def test_sharded_run_matches_one_device_and_resumes_on_another_mesh(tmp_path):
     # q_proj [D=32, N=4, H=8]: D over fsdp (2), heads over tensor (4).
     assert out["q_spec"] == ["fsdp", "tensor", "None"]
     assert out["q_shard"] == [16, 1, 8]
-    assert out["up_shard"] == [16, 16]  # up_proj [D=32, F=64]: (fsdp, tensor)
+    assert out["up_shard"] == [16, 12]  # up_proj [D=32, F=48]: (fsdp, tensor)
     assert out["q_shard_c"] == [32, 4, 8]  # (8, 1, 1): pure data parallel, parameters whole on each device
     assert out["mu_shard"] == [16, 1, 8]  # Adam's first moment of q_proj is sharded like q_proj
     # The train step traces under the (1, 2, 4) mesh: q [B=8, T, N=4, H=8] is pinned to
-    # (batch over data+fsdp, heads over tensor), the MLP hidden [B, T, F=64] to tensor.
+    # (batch over data+fsdp, heads over tensor), the MLP hidden [B, T, F=48] to tensor.
     mesh_124 = {"data": 1, "fsdp": 2, "tensor": 4}
     specs = {(tuple(spec), len(shape)) for shape, spec, mesh in out["constraints"] if mesh == mesh_124}
     assert (("('data', 'fsdp')", "None", "tensor", "None"), 4) in specs, out["constraints"][:8]
