@@ -102,8 +102,8 @@ def _table_v(res: Mapping) -> list[str]:
             for s in scales.values() for p in s["paired"]]
     if rows:
         out += ["", "Paired comparison on the same studies (per-study mean ratings):", ""]
-        out += _table(["Scale", "A - B", "Mean difference", "Wilcoxon W", "p (two-sided)", "Studies"], rows)
-    out += ["", "Readers: " + ", ".join(f"{r['name']} ({r['ratings']})" for r in res["readers"])]
+        out += _table(["Scale", "Systems (A - B)", "Mean difference", "Wilcoxon W", "p (two-sided)", "Studies"], rows)
+    out += ["", "Readers (ratings): " + (", ".join(f"{r['name']} ({r['ratings']})" for r in res["readers"]) or "none yet")]
     return out
 
 

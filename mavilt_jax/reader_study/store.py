@@ -56,9 +56,12 @@ class Store:
         self.path = pathlib.Path(study_dir) / DB_NAME
         self.case_ids = sorted(case_ids)
         self.seed = seed
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
+        db = self._connect()
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # persistent: recorded in the database file
             db.executescript(_SCHEMA)
+        finally:
+            db.close()
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT below).
