@@ -22,13 +22,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import sys
 
 import numpy as np
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mavilt_jax import cli, prerequisites
 from mavilt_jax.evaluation import records as records_lib
 
 # The scoring modules (spaCy, pycocoevalcap) load after the flags parse, so that a bad argument
@@ -133,11 +133,13 @@ def generate_predictions(config, checkpoint: str, out_dir: pathlib.Path, split: 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        cli.usage_exit(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         cfg = eval_config()
         score_kwargs = {}
         if _PHI.value:
+            prerequisites.require_workdir(_PHI.value, ("cxr_encoder",), what="a trained CXR encoder (phi)",
+                                          variant="--phi_checkpoint", runlocal=True)
             features_fns, classifier_fn = phi_scorers(_PHI.value)
             score_kwargs = {"features_fns": features_fns, "classifier_fn": classifier_fn}
         predictions = _PREDICTIONS.value
@@ -146,31 +148,21 @@ def main(argv: list[str]) -> None:
                 raise ValueError("give --predictions=FILE.jsonl, or --config (and --checkpoint) to generate from a checkpoint")
             from mavilt_jax.evaluation import generate
 
+            prerequisites.require_workdir(_CHECKPOINT.value or _WORKDIR.value, ("stage2", "stage1"),
+                                          what="a stage-1/2 training workdir", variant="--checkpoint", runlocal=True)
             gen_cfg = generate.GenerationConfig(max_report_tokens=_MAX_TOKENS.value, guidance_scale=_GUIDANCE.value,
                                                 seed=cfg.seed)
             predictions = generate_predictions(_CONFIG.value, _CHECKPOINT.value or _WORKDIR.value,
                                                pathlib.Path(_WORKDIR.value) / "predictions", _SPLIT.value,
                                                _MAX_STUDIES.value, gen_cfg)
         evaluate(predictions, _WORKDIR.value, cfg, _METHOD.value, **score_kwargs)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    except (FileNotFoundError, ValueError, prerequisites.MissingPrerequisite) as e:
+        cli.usage_exit(str(e))
     logging.info("Wrote results.json and report_card.md to %s", _WORKDIR.value)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """Parses flags; a bad argument ends with one line, not a traceback."""
-    try:
-        remaining = flags.FLAGS(argv)
-        if _CONFIG.value is not None:
-            _CONFIG.value.keys()
-    except (flags.Error, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        sys.exit(f"error: {lines[-1] if lines else type(e).__name__}\nPass --helpshort to see the flags.")
-    return remaining
-
-
 def run() -> None:
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.absl_flags_parser("workdir", __doc__))
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ pod / SLURM job (``--distributed=auto``), where JAX finds them itself.
 from __future__ import annotations
 
 import os
-import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from mavilt_jax import cli, prerequisites
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file (path[:variant]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
@@ -37,7 +38,12 @@ def _want_distributed() -> bool:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        cli.usage_exit(f"unexpected arguments: {' '.join(argv[1:])}")
+    variant = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[2]
+    try:  # before anything starts: a missing input is named with the command that makes it
+        prerequisites.check(_CONFIG.value, _WORKDIR.value, runlocal="runlocal" in variant.split(","))
+    except prerequisites.MissingPrerequisite as e:
+        cli.usage_exit(str(e))
     if _want_distributed():
         # CPU devices exchange collectives over gloo (no effect on TPU/GPU devices).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -54,21 +60,8 @@ def main(argv: list[str]) -> None:
         logging.info("Finished at step %d: %s", result["step"], result["train"])
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """Parses flags and loads the config file; a bad argument ends with one line, not a traceback."""
-    try:
-        remaining = flags.FLAGS(argv)
-        _CONFIG.value.keys()  # loads the config file now, so its errors are argument errors
-    except (flags.Error, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
-        # Config-file errors arrive with the file's traceback as text: keep its last line.
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        message = lines[-1] if lines else type(e).__name__
-        sys.exit(f"error: {message}\nPass --helpshort to see the flags.")
-    return remaining
-
-
 def run() -> None:
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.absl_flags_parser("workdir", __doc__))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ converted to grayscale and resized to the tokenizer's resolution. Codes are save
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -23,12 +22,11 @@ class UsageError(Exception):
 
 def _load(checkpoint: str):
     from mavilt_jax.models import vqgan
-    from mavilt_jax.stages.tokenizer import load_tokenizer
 
     if not os.path.isdir(checkpoint):
         raise UsageError(f"--checkpoint {checkpoint!r} is not a directory")
     try:
-        cfg, params = load_tokenizer(checkpoint)
+        cfg, params = vqgan.load_vqgan(checkpoint)
     except (FileNotFoundError, KeyError, ValueError) as e:
         raise UsageError(f"cannot load a tokenizer from {checkpoint!r}: {e}") from e
     return vqgan.VQGAN(cfg), cfg, params
@@ -88,16 +86,18 @@ def decode(checkpoint: str, codes_path: str, out: str) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mavilt_jax.tokenize_cli", description=__doc__.split("\n")[0])
+    from mavilt_jax import cli
+
+    parser = cli.ArgumentParser(prog="python -m mavilt_jax.tokenize_cli", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     enc = sub.add_parser("encode", help="image file -> codes .npy")
-    enc.add_argument("--checkpoint", required=True)
-    enc.add_argument("--image", required=True)
-    enc.add_argument("--out", required=True)
+    enc.add_argument("--checkpoint", required=True, help="tokenizer training workdir (or its checkpoints/ folder)")
+    enc.add_argument("--image", required=True, help="PNG/JPEG radiograph (square; colour becomes grayscale)")
+    enc.add_argument("--out", required=True, help="codes .npy to write (int32 [h * w])")
     dec = sub.add_parser("decode", help="codes .npy -> PNG")
-    dec.add_argument("--checkpoint", required=True)
-    dec.add_argument("--codes", required=True)
-    dec.add_argument("--out", required=True)
+    dec.add_argument("--checkpoint", required=True, help="tokenizer training workdir (or its checkpoints/ folder)")
+    dec.add_argument("--codes", required=True, help="codes .npy (int32 [h * w])")
+    dec.add_argument("--out", required=True, help="PNG to write")
     args = parser.parse_args(argv)
     try:
         out_dir = os.path.dirname(os.path.abspath(args.out))

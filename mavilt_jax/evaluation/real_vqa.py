@@ -11,7 +11,6 @@ are those of R2Gen and the IU X-ray builder ("CXR<uid>_IM-<nnnn>"), taken from
 
 from __future__ import annotations
 
-import argparse
 import collections
 import csv
 import pathlib
@@ -87,11 +86,13 @@ def summary(items: list[dict]) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from mavilt_jax import cli
+
+    parser = cli.ArgumentParser(prog="python -m mavilt_jax.evaluation.real_vqa", description=__doc__.splitlines()[0])
     parser.add_argument("--reports_csv", required=True, help="indiana_reports.csv")
     parser.add_argument("--out", required=True, help="output JSONL")
     parser.add_argument("--split", default=None, help="R2Gen split to keep (train/val/test); default all")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the question sampling")
     args = parser.parse_args(argv)
     try:
         items = build_iu_vqa(args.reports_csv, split=args.split, seed=args.seed)
