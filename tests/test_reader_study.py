@@ -328,3 +328,20 @@ def test_order_of_cases_in_study_file_is_not_by_system(made_study):
     systems = [key["cases"][c["case_id"]]["system"] for c in study.load_cases(out)["cases"]]
     runs = [len(list(g)) for _, g in itertools.groupby(systems)]
     assert max(runs) < 10  # 20 main-job cases and 10 baseline cases interleaved, not in blocks
+
+
+def test_strata_from_the_labeler_when_records_carry_no_labels(tmp_path, predictions):
+    pytest.importorskip("negspacy", reason="the eval extra (spaCy, negspacy) labels unlabelled reports")
+    main, _, labels = predictions
+    bare = tmp_path / "bare.jsonl"
+    records = [json.loads(line) for line in main.read_text().splitlines()]
+    for r in records:
+        r.pop("reference_labels", None), r.pop("requested_labels", None)
+        for field in ("real_image", "generated_image"):
+            if field in r:
+                r[field] = str(main.parent / r[field])
+    bare.write_text("".join(json.dumps(r) + "\n" for r in records))
+    key = study.create_study([bare], tmp_path / "S", n_studies=5, kinds=("report",), image_size=32)
+    # The synthetic reports state every label plainly, so the labeler's strata are the true ones.
+    expected = collections.Counter(H.first_pathology(v) for v in labels.values())
+    assert {s: c["eligible"] for s, c in key["strata"]["report"].items()} == dict(expected)
