@@ -52,7 +52,7 @@ def test_rating_page_in_a_browser(browser, tmp_path):
         screenshot = os.environ.get("READER_STUDY_SCREENSHOT")
         if screenshot:
             page.fill("#comment", "Calls the study normal; misses the left basal nodule.")
-            page.check("#score4")
+            page.check("#score2")
             page.screenshot(path=screenshot, full_page=True)
         page.check("#score4")
         page.fill("#comment", "clicked in a browser")
