@@ -34,7 +34,8 @@ def first_pathology(labels) -> str:
     return "No Finding"
 
 
-def write_predictions(folder: pathlib.Path, n: int = 24, resolution: int = 64, seed: int = 7) -> tuple[pathlib.Path, pathlib.Path, dict]:
+def write_predictions(folder: pathlib.Path, n: int = 24, resolution: int = 64,
+                      seed: int = 7) -> tuple[pathlib.Path, pathlib.Path, dict]:
     """(main-job file, baseline file, study id -> labels). The main job's report is the study's own
     report for two thirds of the studies and another study's otherwise; its image is the real one
     blurred with noise. Images are written as a model would (different sizes for real and generated)."""

@@ -20,9 +20,8 @@ import pytest
 
 pytest.importorskip("krippendorff", reason="the reader extra (pip install -e .[reader]) provides krippendorff")
 
-from mavilt_jax.reader_study import stats, store, study  # noqa: E402
 from mavilt_jax.reader_study import __main__ as cli  # noqa: E402
-from mavilt_jax.reader_study import report as report_lib  # noqa: E402
+from mavilt_jax.reader_study import stats, store, study  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import reader_study_helpers as H  # noqa: E402
@@ -263,7 +262,8 @@ def test_bootstrap_means_and_paired_comparison_by_hand():
     cmp = stats.paired_comparison(a, b, resamples=200, seed=5)
     d = a - b
     assert cmp["difference"]["value"] == pytest.approx(0.8)
-    assert (cmp["difference"]["ci_low"], cmp["difference"]["ci_high"]) == pytest.approx(tuple(np.percentile(d[idx].mean(axis=1), [2.5, 97.5])))
+    lo, hi = np.percentile(d[idx].mean(axis=1), [2.5, 97.5])
+    assert (cmp["difference"]["ci_low"], cmp["difference"]["ci_high"]) == pytest.approx((lo, hi))
     # Zero dropped; ranks of |1, -0.5, 2, 1.5| are 2, 1, 4, 3: W- = 1; exact two-sided p =
     # 2 * P(W <= 1) = 2 * 2 / 2^4 = 0.25.
     assert cmp["wilcoxon"]["statistic"] == 1.0 and cmp["wilcoxon"]["p_value"] == pytest.approx(0.25)
@@ -305,9 +305,9 @@ def test_scripted_readers_table_v(made_study, predictions, tmp_path):
     report = results["scales"]["report"]
     assert report["means"][H.MAIN]["value"] > report["means"][H.BASELINE]["value"]
     assert report["paired"][0]["a"] == H.MAIN and report["paired"][0]["studies"] == 10
+    originals = sorted(c for c, k in key["cases"].items() if k["kind"] == "report" and not k["duplicate_of"])
     reliability = np.array([[next((r["score"] for r in ratings if r["reader"] == name and r["case_id"] == c), np.nan)
-                             for c in sorted(c for c, k in key["cases"].items() if k["kind"] == "report" and not k["duplicate_of"])]
-                            for name in sorted({r["reader"] for r in ratings})], float)
+                             for c in originals] for name in sorted({r["reader"] for r in ratings})], float)
     assert report["inter_reader"]["alpha"]["value"] == pytest.approx(_slow_alpha_ordinal(reliability))
     pairs = sum(results["scales"][k]["intra_reader"]["pairs"] for k in ("report", "image"))
     assert pairs == 3 * 4  # every reader rated every duplicate and its original

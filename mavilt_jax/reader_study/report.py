@@ -42,7 +42,8 @@ def score_study(study_dir: str | pathlib.Path, resamples: int = 1000, seed: int 
             given = [score[(r, c)] for r in readers if (r, c) in score]
             if given:
                 per_study[cases[c]["system"]][column[cases[c]["study_id"]]] = np.mean(given)
-        reliability = np.array([[score.get((r, c), np.nan) for c in originals] for r in readers]).reshape(len(readers), len(originals))
+        reliability = np.array([[score.get((r, c), np.nan) for c in originals] for r in readers])
+        reliability = reliability.reshape(len(readers), len(originals))  # [readers, cases], also when empty
         first, second = [], []
         for r in readers:
             for c, k in cases.items():

@@ -159,7 +159,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 <div class=case>{shown}</div>
 <form method=post action=/rate id=rating><input type=hidden name=case_id value={case['case_id']}>
 <p class=scale>{radios}</p>
-<p><label>Comment (optional)<br><textarea name=comment id=comment rows=3 maxlength=2000>{html.escape(prior.get('comment', ''))}</textarea></label></p>
+<p><label>Comment (optional)<br><textarea name=comment id=comment rows=3 maxlength=2000>
+{html.escape(prior.get('comment', ''))}</textarea></label></p>
 <p><button type=submit id=save>Save and next</button></p></form>"""
         self._send(200, _page(f"Case {k}", body))
 
