@@ -139,6 +139,18 @@ def test_one_reader_cannot_see_or_change_anothers(fresh_study):
     assert by_reader == {("Alice", case_id): (5, "alice-secret-note"), ("Bob", case_id): (1, "bob")}
 
 
+def test_invalid_ratings_are_refused(fresh_study):
+    with H.serving(fresh_study) as url:
+        client = H.Client(url)
+        assert client.rate("c0000000000", 3)[1].endswith("/")  # no reader yet: to the start page
+        client.start("Erin")
+        case_id = re.search(rb"value=(c[0-9a-f]{10})", client.request("/case")[2]).group(1).decode()
+        assert [client.rate(case_id, s)[0] for s in (0, 6)] == [400, 400]
+        assert client.rate("c0000000000", 3)[0] == 400
+        assert client.start("   ")[0] == 400
+    assert store.read_ratings(fresh_study) == []
+
+
 def test_resume_code_continues_in_another_browser(fresh_study):
     with H.serving(fresh_study) as url:
         a = H.Client(url)
