@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/eval_labeler_iu.py [path/to/indiana_reports.csv]
 (default ../shared/data/iu_xray/indiana_reports.csv beside the project root).
-The MeSH -> observation map is stated in mavilt_jax/data/mesh.py (the IU X-ray builder's labels);
+The MeSH -> observation map is stated in mavilt_jax/data/mesh_terms.py (the IU X-ray builder's labels);
 how it is scored, in mavilt_jax/evaluation/iu_mesh.py.
 """
 

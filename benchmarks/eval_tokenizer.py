@@ -24,7 +24,6 @@ from mavilt_jax.data import pipeline
 from mavilt_jax.evaluation import frechet, image_metrics
 from mavilt_jax.models import cxr_encoder, vqgan
 from mavilt_jax.stages import cxr_encoder as cxr_stage
-from mavilt_jax.stages import tokenizer as tokenizer_stage
 
 
 def _batched(fn, x: np.ndarray, batch_size: int = 50) -> np.ndarray:
@@ -41,7 +40,7 @@ def evaluate(tokenizer_dir: str, phi_dir: str | None, classifier_dir: str, data:
              inception: bool = False) -> dict:
     name, _, config_name = data.partition("/")
     source = pipeline.load_source(name, split, builder_config=config_name or None)
-    cfg, params = tokenizer_stage.load_tokenizer(tokenizer_dir)
+    cfg, params = vqgan.load_vqgan(tokenizer_dir)
     model = vqgan.VQGAN(cfg)
     images = vqgan.to_model_range(np.stack([np.asarray(source[i]["image"]) for i in range(len(source))]), cfg.image_size)
     states = np.stack([np.asarray(source[i]["labels"]) for i in range(len(source))])
@@ -60,7 +59,7 @@ def evaluate(tokenizer_dir: str, phi_dir: str | None, classifier_dir: str, data:
     }
 
     def embedder(path):
-        phi_cfg, phi_params = cxr_stage.load_cxr_encoder(path)
+        phi_cfg, phi_params = cxr_encoder.load_cxr_encoder(path)
         net = cxr_encoder.CxrEncoder(phi_cfg)
         embed = jax.jit(lambda x: net.apply({"params": phi_params}, x, method=net.embed))
         predict = jax.jit(lambda x: jax.nn.sigmoid(net.apply({"params": phi_params}, x)))

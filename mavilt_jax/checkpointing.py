@@ -17,6 +17,7 @@ Initialisation order of a run (`mavilt_jax/train.py`):
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -112,3 +113,13 @@ def load_subtree(path: str, subtree: str = "params", target: PyTree | None = Non
         result = tree[subtree]
     manager.close()
     return result
+
+
+def read_workdir_config(path: str) -> dict[str, Any]:
+    """The ``config.json`` the training loop writes in a workdir (given the workdir or its checkpoints/)."""
+    for folder in (path, os.path.dirname(os.path.normpath(path))):
+        file = os.path.join(folder, "config.json")
+        if os.path.isfile(file):
+            with open(file) as f:
+                return json.load(f)
+    raise FileNotFoundError(f"no config.json in {path} or its parent (is it a training workdir?)")

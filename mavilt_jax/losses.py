@@ -126,7 +126,7 @@ def discriminator_factor(step: jax.Array, disc_start: int) -> jax.Array:
 # ==== Weight anchor (Eq. 11) =====================================================================
 #
 # L_reg = sum over pretrained parameters of ||theta - theta_pretrained||^2. The rows that
-# `mavilt_jax.data.vocab.extend_embeddings` appends (image codes, specials) have no pretrained
+# `mavilt_jax.models.embeddings.extend_embeddings` appends (image codes, specials) have no pretrained
 # value and are free. The new rows are appended at the end of the vocabulary axis, so the anchor
 # of the embedding table [V0, D] and of the output head [D, V0] is just their leading block, and
 # every parameter is compared with its anchor over the anchor's shape.

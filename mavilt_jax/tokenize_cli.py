@@ -22,12 +22,11 @@ class UsageError(Exception):
 
 def _load(checkpoint: str):
     from mavilt_jax.models import vqgan
-    from mavilt_jax.stages.tokenizer import load_tokenizer
 
     if not os.path.isdir(checkpoint):
         raise UsageError(f"--checkpoint {checkpoint!r} is not a directory")
     try:
-        cfg, params = load_tokenizer(checkpoint)
+        cfg, params = vqgan.load_vqgan(checkpoint)
     except (FileNotFoundError, KeyError, ValueError) as e:
         raise UsageError(f"cannot load a tokenizer from {checkpoint!r}: {e}") from e
     return vqgan.VQGAN(cfg), cfg, params

@@ -150,14 +150,14 @@ def test_generation_from_a_checkpoint(tmp_path):
     from mavilt_jax.data import phantoms
     from mavilt_jax.data.vocab import BPE_EOS, ExtendedVocab, train_bpe
     from mavilt_jax.evaluation import generate
-    from mavilt_jax.stages import multimodal
+    from mavilt_jax.stages import lm, multimodal
     from mavilt_jax.stages.base import TrainState
     from mavilt_jax.stages.text_pretrain import synthetic_report_texts
 
     jax.config.update("jax_disable_most_optimizations", True)
     text_dir = tmp_path / "text"
     ExtendedVocab(train_bpe(synthetic_report_texts(100, 0), 300), codebook_size=0, codes_per_image=0,
-                  eos_token=BPE_EOS).save(text_dir / multimodal.VOCAB_DIR)
+                  eos_token=BPE_EOS).save(text_dir / lm.VOCAB_DIR)
     config = stage1_config.get_config(f"runlocal,model=tiny,text={text_dir},res=32")
     config.stage = "stage2"
     config.vqgan.model.update(channel_multipliers=(1, 2, 2, 4), base_channels=8, embedding_dim=8, codebook_size=32,

@@ -111,7 +111,7 @@ def test_labels_from_mesh_by_hand():
     assert positives(["Opacity/nodular"]) == {"Lung Opacity", "Lung Lesion"}
     assert positives(["Density/lung/base/left"]) == {"Lung Opacity"}
     assert positives(["Mediastinum/prominent"]) == {"Enlarged Cardiomediastinum"}
-    assert positives(["Cavitation/lung/apex/right"]) == set()  # see mavilt_jax/data/mesh.py
+    assert positives(["Cavitation/lung/apex/right"]) == set()  # see mavilt_jax/data/mesh_terms.py
     assert positives(["PLEURAL EFFUSION/right"]) == {"Pleural Effusion"}  # case is ignored
 
 

@@ -14,7 +14,7 @@ from configs import stage1 as stage1_config
 from mavilt_jax import losses
 from mavilt_jax.data import phantoms
 from mavilt_jax.data.vocab import BPE_EOS, ExtendedVocab, VocabLayout, train_bpe
-from mavilt_jax.stages import multimodal
+from mavilt_jax.stages import lm, multimodal
 from mavilt_jax.stages.text_pretrain import synthetic_report_texts
 
 jax.config.update("jax_disable_most_optimizations", True)
@@ -25,7 +25,7 @@ def text_dir(tmp_path_factory):
     """A "text-pretraining workdir" holding only the vocabulary (the LLM stays at its init)."""
     d = tmp_path_factory.mktemp("text")
     tok = train_bpe(synthetic_report_texts(200, 0), 300)
-    ExtendedVocab(tok, codebook_size=0, codes_per_image=0, eos_token=BPE_EOS).save(d / multimodal.VOCAB_DIR)
+    ExtendedVocab(tok, codebook_size=0, codes_per_image=0, eos_token=BPE_EOS).save(d / lm.VOCAB_DIR)
     return d
 
 
@@ -72,7 +72,7 @@ def test_fill_code_slots_matches_a_loop():
 
 def test_masked_cross_entropy_by_hand():
     logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]]))
-    total, count = multimodal.masked_cross_entropy(logits, jnp.array([[0, 1]]), jnp.array([[1.0, 0.0]]))
+    total, count = lm.masked_cross_entropy(logits, jnp.array([[0, 1]]), jnp.array([[1.0, 0.0]]))
     assert float(total) == pytest.approx(-np.log(0.5), rel=1e-6) and float(count) == 1.0
 
 
@@ -137,3 +137,23 @@ def test_stage2_instruction_batch(text_dir, tmp_path):
     assert batch["tokens"].shape == (3, 160)
     _, m = jax.jit(stage.train_step)(state, batch, jax.random.key(0))
     assert np.isfinite(float(m["loss"])) and float(m["scored_tokens"]) > 0
+
+
+def test_stage1_recon_on_report_to_image_rows_equals_all_rows(text_dir, tmp_path):
+    """Stage 1 decodes only the report -> image rows; the value and gradient equal the all-rows
+    computation (rows without an image target contribute zero there)."""
+    stage = make_stage(text_dir, tmp_path, recon=1.0)
+    state = init(stage)
+    seq = jax.jit(stage.prepare_batch)(state.frozen, batch_of(stage, n=3))
+
+    def recon_of(params, rows):
+        stage.recon_rows = rows
+        logits, _ = stage.model.apply({"params": params}, seq["tokens"], seq["positions"])
+        return stage.recon_loss(state.frozen, logits, seq)[0]
+
+    fast, fast_grads = jax.value_and_grad(recon_of)(state.params, slice(1, None, 2))
+    slow, slow_grads = jax.value_and_grad(recon_of)(state.params, None)
+    stage.recon_rows = multimodal.Stage1.recon_rows
+    assert float(slow) > 0 and float(fast) == pytest.approx(float(slow), rel=1e-5)
+    for a, b in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(slow_grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)

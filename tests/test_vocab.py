@@ -9,7 +9,8 @@ import pytest
 import tokenizers
 
 from mavilt_jax.data import vocab as vocab_lib
-from mavilt_jax.data.vocab import SPECIALS, ExtendedVocab, extend_embeddings, train_bpe
+from mavilt_jax.data.vocab import SPECIALS, ExtendedVocab, train_bpe
+from mavilt_jax.models.embeddings import extend_embeddings
 
 REPORTS = [
     "The heart is normal in size. No pleural effusion or pneumothorax.",

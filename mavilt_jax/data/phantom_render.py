@@ -8,8 +8,8 @@ physically: fluid and consolidation replace lung air, a pneumothorax adds air wi
 Every random number of a rendering is drawn before any layer is built, so the same study with
 one finding removed differs only where that finding was.
 
-The findings record (``phantoms.Findings``) is only read here, never built, so this module does
-not import ``phantoms``; ``phantoms`` re-exports ``render`` and ``render_with_masks``.
+The findings record (`mavilt_jax.data.findings`) is only read here, never built, so this module
+does not import ``phantoms``; ``phantoms`` re-exports ``render`` and ``render_with_masks``.
 
 Shape legend: R image side in pixels; all fields are float [R, R] unless stated.
 """
@@ -17,14 +17,18 @@ Shape legend: R image side in pixels; all fields are float [R, R] unless stated.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from mavilt_jax.data.phantoms import (
-        Atelectasis, Edema, Effusion, Findings, Fracture, Nodule, Opacity, Pneumothorax,
-    )
+from mavilt_jax.data.findings import (
+    Atelectasis,
+    Edema,
+    Effusion,
+    Findings,
+    Fracture,
+    Nodule,
+    Opacity,
+    Pneumothorax,
+)
 
 # The patient's two sides, in the order findings name them and lungs are drawn.
 SIDES = ("right", "left")

@@ -28,7 +28,7 @@ import xml.etree.ElementTree as ET
 from typing import Literal
 
 # labels_from_mesh is re-exported: the IU X-ray builder labels studies through this module.
-from mavilt_jax.data.mesh import labels_from_mesh, mesh_problems  # noqa: F401
+from mavilt_jax.data.mesh_terms import labels_from_mesh, mesh_problems  # noqa: F401
 
 DeidMode = Literal["token", "remove", "keep"]
 Section = Literal["findings", "impression", "both"]
@@ -39,7 +39,9 @@ DEFAULT_DEID: DeidMode = "token"
 # "___" (MIMIC) or "XXXX" (IU X-ray; 4+ capital X, so Roman numerals and "x-ray" are untouched).
 # No word boundaries: the source glues placeholders to text ("x-XXXX", "XXXXPM", "___F").
 _PLACEHOLDER = r"(?:_{2,}|X{4,})"
-_PLACEHOLDER_RUN = re.compile(rf"{_PLACEHOLDER}(?:\s*{_PLACEHOLDER})*")
+# Capital X glued to a run joins it ("X___" is one placeholder), so that the rule is idempotent:
+# otherwise "X___" -> "XXXXX", which a second pass would shorten to "XXXX".
+_PLACEHOLDER_RUN = re.compile(rf"X*{_PLACEHOLDER}(?:\s*{_PLACEHOLDER})*X*")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?)])")
 _WHITESPACE = re.compile(r"\s+")
 

@@ -23,12 +23,11 @@ tube / central venous catheter / nasogastric tube / pacemaker.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from mavilt_jax.data.phantoms import Findings
+from mavilt_jax.data.findings import Findings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +100,7 @@ def _location(rng: np.random.Generator, side: str, zone: str) -> str:
     return str(rng.choice(options))
 
 
-def _sentences(f: "Findings", rng: np.random.Generator) -> list[tuple[str, str, str]]:
+def _sentences(f: Findings, rng: np.random.Generator) -> list[tuple[str, str, str]]:
     """(group, findings sentence, impression sentence) for every finding present."""
     out = []
     pick = lambda options: str(rng.choice(options))  # noqa: E731
@@ -239,7 +238,7 @@ def _negatives(negated: Sequence[str], rng: np.random.Generator) -> list[tuple[s
     return out
 
 
-def compose_report(findings: "Findings", rng: np.random.Generator) -> Report:
+def compose_report(findings: Findings, rng: np.random.Generator) -> Report:
     """A FINDINGS + IMPRESSION report that states ``findings`` (see the module docstring)."""
     positives = _sentences(findings, rng)
     negatives = _negatives(findings.negated, rng)

@@ -16,14 +16,10 @@ the "which abnormalities" answer lists observation names in the fixed CheXpert o
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from mavilt_jax.data import labels as labels_lib
-
-if TYPE_CHECKING:
-    from mavilt_jax.data.phantoms import Findings
+from mavilt_jax.data.findings import Findings, finding_states
 
 QUESTION_TYPES = ("presence", "normality", "laterality", "severity", "location", "abnormality")
 
@@ -82,14 +78,12 @@ def _balanced_presence(yes: list[str], no: list[str], rng: np.random.Generator, 
     return [out[i] for i in rng.permutation(len(out))]
 
 
-def vqa_from_findings(findings: "Findings", rng: np.random.Generator) -> list[dict[str, str]]:
+def vqa_from_findings(findings: Findings, rng: np.random.Generator) -> list[dict[str, str]]:
     """VQA pairs answered by what the synthetic image shows.
 
     Hedged findings are present in the image but reported as uncertain; they are neither asked
     about for presence nor listed as abnormalities.
     """
-    from mavilt_jax.data.phantoms import finding_states
-
     states = finding_states(findings)
     certain = [n for n, v in states.items() if v == labels_lib.POSITIVE]
     present = set(states)

@@ -4,7 +4,7 @@ The Open-i indexers annotated each IU X-ray report with MeSH-based problem terms
 findings that are present (hedged findings included), never negated ones, so they give a
 per-report positive/not-positive reference for the observations they cover. The map from MeSH
 terms to CheXpert observations is the one the IU X-ray builder labels with,
-``mavilt_jax.data.mesh`` (stated there): heads from the ``Problems`` column, qualified terms
+``mavilt_jax.data.mesh_terms`` (stated there): heads from the ``Problems`` column, qualified terms
 ("Cardiac Shadow/enlarged", "Density/lung/hilum/left/round") from the ``MeSH`` column.
 Enlarged Cardiomediastinum and Pleural Other are not scored: the map's terms for them
 (Mediastinum/enlarged or /prominent, Thickening/pleura) cover only part of what each means in
@@ -27,7 +27,7 @@ import pathlib
 import numpy as np
 
 from mavilt_jax.data import labels as L
-from mavilt_jax.data import mesh as mesh_lib
+from mavilt_jax.data import mesh_terms
 from mavilt_jax.evaluation import labeler
 
 NO_FINDING_CHEXPERT = "No Finding*"
@@ -43,7 +43,7 @@ def mesh_reference(problems: str, mesh: str = "") -> np.ndarray:
     No Finding is strict here: only a study indexed "normal" and nothing else.
     """
     terms = [t.strip() for t in problems.split(";") if t.strip()]
-    present = mesh_lib.mesh_observations(terms + mesh.split(";"))
+    present = mesh_terms.mesh_observations(terms + mesh.split(";"))
     present.discard("No Finding")
     if terms == ["normal"]:
         present.add("No Finding")

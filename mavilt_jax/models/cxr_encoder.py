@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mavilt_jax import checkpointing
 from mavilt_jax.data import labels
 
 
@@ -98,3 +101,17 @@ class CxrEncoder(nn.Module):
         feats = self.features(x)
         emb = jnp.mean(feats[-1], axis=(1, 2))
         return self.head(emb), feats, emb
+
+
+def cxr_encoder_config(model: Mapping[str, Any]) -> CxrEncoderConfig:
+    """The frozen `CxrEncoderConfig` of a ``config.model`` block or its JSON."""
+    return CxrEncoderConfig(arch=model["arch"], widths=tuple(model["widths"]), norm_groups=model.get("norm_groups", 16))
+
+
+def load_cxr_encoder(workdir: str) -> tuple[CxrEncoderConfig, Any]:
+    """(config, params) of a trained phi from its workdir, for frozen use (Eq. 4, evaluation).
+
+    The image side it was trained at is ``checkpointing.read_workdir_config(workdir)["model"]["image_size"]``.
+    """
+    cfg = cxr_encoder_config(checkpointing.read_workdir_config(workdir)["model"])
+    return cfg, checkpointing.load_subtree(workdir, "params")

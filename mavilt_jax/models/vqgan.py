@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mavilt_jax import losses
+from mavilt_jax import checkpointing, losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,3 +293,23 @@ def to_uint8(images: Any) -> Any:
     import numpy as np
 
     return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def vqgan_config(model: Mapping[str, Any]) -> VQGANConfig:
+    """The frozen `VQGANConfig` of a ``config.model`` block or its JSON (lists become tuples)."""
+    model = model.to_dict() if hasattr(model, "to_dict") else dict(model)
+    fields = {f.name for f in dataclasses.fields(VQGANConfig)}
+    values = {k: v for k, v in model.items() if k in fields}
+    values["channel_multipliers"] = tuple(values["channel_multipliers"])
+    return VQGANConfig(**values)
+
+
+def load_vqgan(workdir: str) -> tuple[VQGANConfig, Any]:
+    """(VQGANConfig, params) of a trained VQ-GAN from its training workdir (or its checkpoints/ folder).
+
+    Use with ``VQGAN(cfg).apply({"params": params}, images, method="encode")`` / ``"decode"``.
+    """
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"VQ-GAN checkpoint directory {workdir!r} does not exist")
+    cfg = vqgan_config(checkpointing.read_workdir_config(workdir)["model"])
+    return cfg, checkpointing.load_subtree(workdir, "params")

@@ -23,14 +23,14 @@ from absl import logging
 from scipy import stats
 
 from mavilt_jax import optimizers
+from mavilt_jax.deprecation import moved_attributes
 from mavilt_jax.data import labels as labels_lib
 from mavilt_jax.models import cxr_encoder, vqgan
 from mavilt_jax.stages.base import Batch, Measurements, Stage, TrainState
 
 
 def model_config(config: ml_collections.ConfigDict) -> cxr_encoder.CxrEncoderConfig:
-    m = config.model
-    return cxr_encoder.CxrEncoderConfig(arch=m.arch, widths=tuple(m.widths), norm_groups=m.get("norm_groups", 16))
+    return cxr_encoder.cxr_encoder_config(config.model)
 
 
 def targets_and_mask(label_states: np.ndarray, absent_as_negative: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -148,21 +148,8 @@ class CxrEncoderStage(Stage):
         logging.info("Validation AUROC at step %d: %s", step, result)
 
 
-def _read_workdir_config(checkpoint_dir: str) -> dict[str, Any]:
-    """The ``config.json`` the training loop writes in a workdir (given the workdir or its checkpoints/)."""
-    for folder in (checkpoint_dir, os.path.dirname(os.path.normpath(checkpoint_dir))):
-        path = os.path.join(folder, "config.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                return json.load(f)
-    raise FileNotFoundError(f"no config.json in {checkpoint_dir} or its parent (is it a training workdir?)")
-
-
-def load_cxr_encoder(checkpoint_dir: str) -> tuple[cxr_encoder.CxrEncoderConfig, Any]:
-    """(config, params) of a trained phi from its workdir, for frozen use (Eq. 4, evaluation)."""
-    from mavilt_jax import checkpointing
-
-    saved = _read_workdir_config(checkpoint_dir)
-    model_cfg = model_config(ml_collections.ConfigDict(saved))
-    params = checkpointing.load_subtree(checkpoint_dir, "params")
-    return model_cfg, params
+# Loaders moved beside the model and the checkpoints (old names kept for a while).
+__getattr__ = moved_attributes(__name__, {
+    "load_cxr_encoder": "mavilt_jax.models.cxr_encoder:load_cxr_encoder",
+    "_read_workdir_config": "mavilt_jax.checkpointing:read_workdir_config",
+})

@@ -10,7 +10,7 @@ otherwise a byte-level BPE trained on the training split (`vocab.train_bpe`). Ei
 vocabulary is saved in ``workdir/vocab`` (an `ExtendedVocab` with no image codes: text ids, then
 the specials, so ``<pad>`` has a row); stage 1 reads it from there.
 
-The step is the shared one of `mavilt_jax.stages.multimodal` with L = L_task (next-token
+The step is the shared one of `mavilt_jax.stages.lm` with L = L_task (next-token
 cross-entropy on the text).
 """
 
@@ -26,9 +26,10 @@ from etils import epath
 
 from mavilt_jax import checkpointing
 from mavilt_jax.data import phantoms, synthetic_reports
-from mavilt_jax.data.vocab import BPE_EOS, ExtendedVocab, extend_embeddings
+from mavilt_jax.data.vocab import BPE_EOS, ExtendedVocab, train_bpe
+from mavilt_jax.models.embeddings import extend_embeddings
 from mavilt_jax.stages.base import TrainState
-from mavilt_jax.stages.multimodal import VOCAB_DIR, LMStage, load_pretrained_llm, pretrained_text_vocab
+from mavilt_jax.stages.lm import VOCAB_DIR, LMStage, load_pretrained_llm, pretrained_text_vocab
 
 
 def synthetic_report_texts(num: int, seed: int) -> list[str]:
@@ -74,8 +75,6 @@ class TextPretrainStage(LMStage):
             vocab = pretrained_text_vocab(self.config.model.pretrained, codebook_size=0, codes_per_image=0,
                                           text_vocab_size=self.config.model.get("text_vocab_size") or None)
         else:
-            from mavilt_jax.data.vocab import train_bpe
-
             tokenizer = train_bpe(self.splits["train"], text.bpe_vocab_size)
             vocab = ExtendedVocab(tokenizer, codebook_size=0, codes_per_image=0, eos_token=BPE_EOS)
         self._finish_setup(vocab)

@@ -6,7 +6,7 @@ padded), so the encoder compiles once. A config names the source dataset and the
 checkpoint; since the checkpoint is a local path, configs are made with `make_config`:
 
   from tfds_builders.pretokenized import Pretokenized, make_config
-  config = make_config("r64_tok", tokenizer_checkpoint="/tmp/mavilt/tokenizer",
+  config = make_config("r64_tok", tokenizer_checkpoint="/tmp/mavilt/vqgan",
                        source_name="synthetic_cxr", source_config="r64")
   builder = Pretokenized(config=config, data_dir=DATA_DIR)
   builder.download_and_prepare()
@@ -36,7 +36,7 @@ class PretokenizedConfig(tfds.core.BuilderConfig):
 
     source_name / source_config / source_data_dir: the TFDS source (read with
       `mavilt_jax.data.pipeline.load_source`).
-    tokenizer_checkpoint: a tokenizer training workdir (`mavilt_jax.stages.tokenizer.load_tokenizer`).
+    tokenizer_checkpoint: a VQ-GAN training workdir (`mavilt_jax.models.vqgan.load_vqgan`).
     splits: the source splits to encode.
     batch_size: images per jitted encoder call.
     """
@@ -74,14 +74,13 @@ class Pretokenized(tfds.core.GeneratorBasedBuilder):
         super().__init__(file_format=file_format or "array_record", **kwargs)
 
     def _tokenizer_config(self):
-        from mavilt_jax.stages import cxr_encoder, tokenizer
+        from mavilt_jax import checkpointing
+        from mavilt_jax.models import vqgan
 
         path = self.builder_config.tokenizer_checkpoint
         if not path:
             raise ValueError("pretokenized: the config needs tokenizer_checkpoint (use make_config)")
-        import ml_collections
-
-        return tokenizer.model_config(ml_collections.ConfigDict(cxr_encoder._read_workdir_config(path)))
+        return vqgan.vqgan_config(checkpointing.read_workdir_config(path)["model"])
 
     def _info(self) -> tfds.core.DatasetInfo:
         codes_per_image = self._tokenizer_config().codes_per_image
@@ -149,9 +148,8 @@ class BatchEncoder:
         import jax
 
         from mavilt_jax.models import vqgan
-        from mavilt_jax.stages.tokenizer import load_tokenizer
 
-        self.config, self.params = load_tokenizer(tokenizer_checkpoint)
+        self.config, self.params = vqgan.load_vqgan(tokenizer_checkpoint)
         self.batch_size = batch_size
         model = vqgan.VQGAN(self.config)
         self._encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode))

@@ -1,5 +1,5 @@
-"""The tokenizer stage: overfitting, re-encoding stability, dead-code restarts, the adaptive GAN
-weight against plain autodiff, the shared training loop end to end, load_tokenizer and the CLI."""
+"""The VQ-GAN stage: overfitting, re-encoding stability, dead-code restarts, the adaptive GAN
+weight against plain autodiff, the shared training loop end to end, load_vqgan and the CLI."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import tokenizer as tokenizer_config
+from configs import vqgan as vqgan_config
 from mavilt_jax import tokenize_cli
 from mavilt_jax.data import phantoms
 from mavilt_jax.evaluation import image_metrics
 from mavilt_jax.models import vqgan
-from mavilt_jax.stages import tokenizer
+from mavilt_jax.stages import vqgan as vqgan_stage
 
 
 # Conv nets compile slowly on 2 cores; these tests check values, not XLA optimisations.
@@ -34,7 +34,7 @@ def _studies(n: int, resolution: int = 32) -> list[dict]:
 
 
 def _config(**loss):
-    config = tokenizer_config.get_config("runlocal")
+    config = vqgan_config.get_config("runlocal")
     config.model.update(image_size=32, base_channels=8, channel_multipliers=(1, 2, 2), num_res_blocks=1,
                         embedding_dim=8, codebook_size=32, code_dim=4, norm_groups=4)
     config.discriminator.update(base_channels=8, num_layers=1, norm_groups=4)
@@ -47,7 +47,7 @@ def _config(**loss):
     return config
 
 
-class InMemoryTokenizerStage(tokenizer.TokenizerStage):
+class InMemoryVQGANStage(vqgan_stage.VQGANStage):
     """Reads a handful of phantom studies instead of the TFDS builder."""
 
     def data_source(self, split):
@@ -57,7 +57,7 @@ class InMemoryTokenizerStage(tokenizer.TokenizerStage):
 def test_overfit_raises_psnr_and_reencoding_is_stable():
     config = _config()
     config.total_steps = 80
-    stage = tokenizer.TokenizerStage(config)
+    stage = vqgan_stage.VQGANStage(config)
     batch = {"image": np.stack([stage.preprocess(s, None)["image"] for s in _studies(4)])}
     state = stage.init_state(jax.random.key(0))
     step = jax.jit(stage.train_step)
@@ -83,7 +83,7 @@ def test_overfit_raises_psnr_and_reencoding_is_stable():
 def test_dead_codes_restart_from_batch_latents():
     config = _config()
     config.quantizer_restart.update(every=1, threshold=0.5, decay=0.0)
-    stage = tokenizer.TokenizerStage(config)
+    stage = vqgan_stage.VQGANStage(config)
     batch = {"image": np.stack([stage.preprocess(s, None)["image"] for s in _studies(2)])}
     state = stage.init_state(jax.random.key(0))
     _, aux = jax.jit(lambda p, x: stage.model.apply({"params": p}, x))(state.params, batch["image"])
@@ -101,7 +101,7 @@ def test_dead_codes_restart_from_batch_latents():
 
 def test_adaptive_weight_and_feature_term_against_plain_autodiff():
     config = _config(lambda_feat=0.5, gan_weight=0.1, disc_start=0)
-    stage = tokenizer.TokenizerStage(config)
+    stage = vqgan_stage.VQGANStage(config)
     batch = {"image": np.stack([stage.preprocess(s, None)["image"] for s in _studies(2)])}
     state = stage.init_state(jax.random.key(0))
     disc_before = state.extra["disc_params"]
@@ -125,11 +125,11 @@ def test_adaptive_weight_and_feature_term_against_plain_autodiff():
 
 
 @pytest.mark.slow
-def test_training_loop_load_tokenizer_and_cli(tmp_path, capsys):
+def test_training_loop_load_vqgan_and_cli(tmp_path, capsys):
     from mavilt_jax import train
 
     config = _config(gan_weight=0.1, disc_start=2)
-    config.stage = "test_tokenizer_stage:InMemoryTokenizerStage"
+    config.stage = "test_vqgan_stage:InMemoryVQGANStage"
     config.total_steps = 4
     config.batch_size = 4
     config.log_every_steps = 2
@@ -142,7 +142,7 @@ def test_training_loop_load_tokenizer_and_cli(tmp_path, capsys):
     assert result["step"] == 4 and np.isfinite(result["eval"]["psnr"])
     assert os.path.isfile(os.path.join(workdir, "samples", "reconstructions_4.png"))
 
-    cfg, params = tokenizer.load_tokenizer(workdir)
+    cfg, params = vqgan.load_vqgan(workdir)
     assert cfg.image_size == 32 and cfg.codebook_size == 32 and cfg.code_dim == 4
     image = _studies(1)[0]["image"]
     Image.fromarray(image[..., 0]).save(tmp_path / "x.png")
