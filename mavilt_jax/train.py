@@ -88,6 +88,27 @@ def _mean(rows: list[dict[str, np.ndarray]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
 
 
+def abstract_train_state(stage: Stage, mesh: jax.sharding.Mesh, rules, rng: jax.Array) -> tuple[Any, TrainState]:
+    """(shardings, abstract state) of ``stage.init_state``: shapes only (``jax.eval_shape``), the
+    shardings from the parameters' logical axes (`sharding.logical_shardings`)."""
+    with nn.logical_axis_rules(rules):
+        boxed_state = jax.eval_shape(stage.init_state, rng)
+    state_shardings = sharding.logical_shardings(boxed_state, mesh, rules)
+    return state_shardings, checkpointing.abstract_with_shardings(nn.unbox(boxed_state), state_shardings)
+
+
+def make_update_step(stage: Stage, state_shardings: Any, mesh: jax.sharding.Mesh):
+    """The jitted update step of the loop: (state, batch, rng) -> (state, measurements), the state
+    donated; call (or ``.lower``) it under ``jax.set_mesh(mesh)`` and the logical axis rules."""
+
+    def update_fn(state: TrainState, batch, rng):
+        return stage.train_step(state, batch, jax.random.fold_in(rng, state.step))
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(update_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) one stage in ``workdir``; returns what it measured.
 
@@ -131,10 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # ==== Train state: abstract -> shardings -> jit(init, out_shardings) ========================
     rng = jax.random.key(config.seed)
     init_rng, train_rng = jax.random.split(rng)
-    with nn.logical_axis_rules(rules):
-        boxed_state = jax.eval_shape(stage.init_state, init_rng)
-    state_shardings = sharding.logical_shardings(boxed_state, mesh, rules)
-    abstract_state = checkpointing.abstract_with_shardings(nn.unbox(boxed_state), state_shardings)
+    state_shardings, abstract_state = abstract_train_state(stage, mesh, rules, init_rng)
     replicated = NamedSharding(mesh, PartitionSpec())
 
     # ==== Restore or initialise (order: workdir, init_from, pretrained, scratch) ================
@@ -157,9 +175,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("Train state:\n%s", sharding.describe(state.params))
 
     # ==== Update and eval steps (jitted once, state donated) ====================================
-    def update_fn(state: TrainState, batch, rng):
-        return stage.train_step(state, batch, jax.random.fold_in(rng, state.step))
-
     def eval_fn(state: TrainState, batch):
         measurements = dict(stage.eval_step(state, batch))
         valid = batch.get("valid")
@@ -167,8 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return measurements
 
     batch_sharding = sharding.batch_sharding(mesh)
-    update_step = jax.jit(update_fn, in_shardings=(state_shardings, batch_sharding, replicated),
-                          out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    update_step = make_update_step(stage, state_shardings, mesh)
     eval_step = jax.jit(eval_fn, in_shardings=(state_shardings, batch_sharding), out_shardings=replicated)
 
     def evaluate(state: TrainState) -> dict[str, float]:
