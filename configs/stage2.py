@@ -1,6 +1,7 @@
 """Stage 2, instruction tuning with task-adaptive templates (Eq. 8-10), from stage 1.
 
-  python -m mavilt_jax.main --config=configs/stage2.py:runlocal,stage1=/tmp/mavilt/stage1,tokenizer=/tmp/mavilt/vqgan --workdir=/tmp/mavilt/stage2
+  python -m mavilt_jax.main --workdir=/tmp/mavilt/stage2 \\
+    --config=configs/stage2.py:runlocal,stage1=/tmp/mavilt/stage1,tokenizer=/tmp/mavilt/vqgan
 
 Same variants as stage 1 plus ``stage1=DIR`` (the stage-1 workdir, ``init_from``). The loss
 weights must equal stage 1's where they decide what ``frozen`` holds (lambda_reg > 0: the

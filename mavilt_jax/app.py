@@ -43,7 +43,7 @@ def build_app(model: Any) -> Any:
             recon = model.reconstruct(pixels)
             report = model.report(pixels, method=decoding, seed=int(seed))
         except (image_io.ImageError, inference.InferenceError) as e:
-            raise user_error(e)
+            raise user_error(e) from e
         return seen, recon, report
 
     def ask(path: str | None, question: str):
@@ -52,7 +52,7 @@ def build_app(model: Any) -> Any:
         try:
             answer = model.answer(image_io.read_pixels(path), question)
         except (image_io.ImageError, inference.InferenceError) as e:
-            raise user_error(e)
+            raise user_error(e) from e
         p_yes = "" if answer.p_yes is None else f"{answer.p_yes:.3f}"
         return answer.text, p_yes
 
@@ -60,7 +60,7 @@ def build_app(model: Any) -> Any:
         try:
             images = model.image(report, guidance_scale=float(guidance), seed=int(seed), num_samples=int(count))
         except inference.InferenceError as e:
-            raise user_error(e)
+            raise user_error(e) from e
         return [np.asarray(im) for im in images]
 
     with gr.Blocks(title="mavilt_jax") as page:

@@ -103,7 +103,7 @@ def run_image(args: argparse.Namespace) -> None:
         try:
             report = pathlib.Path(args.report_file).read_text()
         except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"cannot read --report_file {args.report_file!r}: {getattr(e, 'strerror', None) or e}")
+            raise UsageError(f"cannot read --report_file {args.report_file!r}: {getattr(e, 'strerror', None) or e}") from e
     else:
         report = args.report
     report = inference.check_text(report, "report")

@@ -31,7 +31,7 @@ from __future__ import annotations
 import io
 import os
 import pathlib
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -42,7 +42,7 @@ MIN_SIDE = 8
 # Suffixes read as DICOM even without the "DICM" preamble marker.
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
-Source = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
+Source = str | os.PathLike | bytes | np.ndarray | Image.Image
 
 
 class ImageError(ValueError):

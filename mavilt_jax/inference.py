@@ -25,7 +25,8 @@ import dataclasses
 import json
 import pathlib
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -254,8 +255,8 @@ def workdir_info(path: pathlib.Path, allow_unfinished: bool = False) -> tuple[ml
     """(training config, last checkpoint step) of a finished stage-1 / stage-2 workdir, else `InferenceError`."""
     try:
         saved = checkpointing.read_workdir_config(str(path))
-    except FileNotFoundError:
-        raise InferenceError(f"{str(path)!r} is neither a training workdir (no config.json) nor an export bundle")
+    except FileNotFoundError as e:
+        raise InferenceError(f"{str(path)!r} is neither a training workdir (no config.json) nor an export bundle") from e
     stage = saved.get("stage")
     if stage not in MULTIMODAL_STAGES:
         raise InferenceError(f"{str(path)!r} is a {stage!r} workdir; inference needs a stage-2 (or stage-1) workdir")
@@ -285,9 +286,9 @@ def workdir_vq_config(config: ml_collections.ConfigDict) -> vqgan_lib.VQGANConfi
     if tokenizer:
         try:
             return vqgan_lib.vqgan_config(checkpointing.read_workdir_config(tokenizer)["model"])
-        except FileNotFoundError:
+        except FileNotFoundError as e:
             raise InferenceError(f"the VQ-GAN workdir this model trained with, {tokenizer!r}, is gone; "
-                                 "export a bundle where it still exists")
+                                 "export a bundle where it still exists") from e
     return vqgan_lib.vqgan_config(config.vqgan.model)
 
 

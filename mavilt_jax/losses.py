@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import jax
 import jax.numpy as jnp
 
@@ -26,7 +28,7 @@ def clinical_reconstruction_loss(
     *,
     lambda_grad: float,
     lambda_feat: float,
-    phi_features_fn: "Callable[[jax.Array], Sequence[jax.Array]] | None" = None,
+    phi_features_fn: Callable[[jax.Array], Sequence[jax.Array]] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The clinical information-preserving reconstruction loss (Eq. 4, without the VQ/GAN terms).
 

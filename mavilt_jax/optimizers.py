@@ -8,7 +8,8 @@ AdamW with linear warmup and cosine decay, global-norm gradient clipping, gradie
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

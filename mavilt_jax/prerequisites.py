@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import ml_collections
 

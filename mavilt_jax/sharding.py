@@ -9,7 +9,8 @@ the mesh axes ``data``, ``fsdp`` and ``tensor`` with a short rule table
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

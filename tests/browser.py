@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -30,7 +30,7 @@ def chromium_path() -> str:
 
 
 @contextlib.contextmanager
-def launch_chromium() -> Iterator["object"]:
+def launch_chromium() -> Iterator[object]:
     """A headless playwright Browser over the system chromium; skips without playwright or chromium."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip install playwright) is not installed")
     executable = chromium_path()

@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 import pytest
+from test_train_loop import toy_config
 
 from mavilt_jax import checkpointing, train
-from test_train_loop import toy_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

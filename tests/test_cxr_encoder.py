@@ -12,7 +12,6 @@ from mavilt_jax.data import labels
 from mavilt_jax.models import cxr_encoder
 from mavilt_jax.stages import cxr_encoder as stage_lib
 
-
 # Conv nets compile slowly on 2 cores; these tests check values, not XLA optimisations.
 pytestmark = pytest.mark.usefixtures("compile_fast")
 
@@ -95,7 +94,8 @@ def test_short_training_learns_findings():
     step = jax.jit(stage.train_step)
     for i in range(60):
         state, m = step(state, batch, jax.random.key(i))
-        first = float(m["loss"]) if i == 0 else first
+        if i == 0:
+            first = float(m["loss"])
     assert float(m["loss"]) < 0.5 * first
     held_out = _square_studies(32, np.random.default_rng(1))
     images = np.stack([stage.eval_preprocess(s)["image"] for s in held_out])

@@ -152,7 +152,8 @@ def test_eval_batches_cover_every_example_once(n, batch_size, shard_count):
             seen.extend(b["index"][b["valid"]].tolist())
             np.testing.assert_array_equal(b["pixels"][:, 0, 0], b["index"])
     assert len(num_batches) == 1  # every process runs the same number of eval steps
-    assert num_batches.pop() == -(-(-(-n // shard_count)) // batch_size)
+    per_process = -(-n // shard_count)  # ceil(n / shard_count)
+    assert num_batches.pop() == -(-per_process // batch_size)
     assert sorted(seen) == list(range(n))
 
 

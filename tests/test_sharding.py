@@ -17,7 +17,6 @@ import textwrap
 
 import numpy as np
 
-from configs import common, text_pretrain
 from mavilt_jax import sharding, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -98,7 +97,7 @@ def test_sharded_run_matches_one_device_and_resumes_on_another_mesh(tmp_path):
     kv = [spec for shape, spec, mesh in out["constraints"] if mesh == mesh_124 and len(shape) == 4 and shape[2] == 2]
     assert kv and all(spec[2] == "None" and spec[0] == "('data', 'fsdp')" for spec in kv), kv
 
-    reference = train.train_and_evaluate(cfg((1, 1, 1), 6), str(tmp_path / "one"))
+    reference = train.train_and_evaluate(cfg((1, 1, 1), 6), str(tmp_path / "one"))  # noqa: F821 (exec above)
     ref_losses = [h["loss"] for h in reference["history"]]
     np.testing.assert_allclose(out["losses_a"], ref_losses[:4], rtol=RTOL)
     np.testing.assert_allclose(out["losses_c"], ref_losses[4:], rtol=RTOL)

@@ -26,7 +26,8 @@ def test_counts_format_and_configs(built):
     assert builder.info.file_format.value == "array_record"
     configs = {c.name: c for c in SyntheticCxr.BUILDER_CONFIGS}
     assert {"r64_small", "r128", "r128_small", "r256"} <= set(configs)
-    assert (configs["r128"].resolution, configs["r128"].num_train, configs["r128"].num_validation, configs["r128"].num_test) == (128, 2000, 200, 200)
+    r128 = configs["r128"]
+    assert (r128.resolution, r128.num_train, r128.num_validation, r128.num_test) == (128, 2000, 200, 200)
 
 
 def test_decoded_examples_equal_the_generator(built):

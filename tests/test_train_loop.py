@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -100,7 +101,7 @@ def reference_losses(config, steps: int) -> list[float]:
     losses = []
     for _ in range(steps):
         b = next(it)
-        loss, g = jax.value_and_grad(lambda w: jnp.mean((b["x"] @ w - b["y"]) ** 2))(params)
+        loss, g = jax.value_and_grad(lambda w, b=b: jnp.mean((b["x"] @ w - b["y"]) ** 2))(params)
         updates, opt_state = tx.update(g, opt_state, params)
         params = optax.apply_updates(params, updates)
         losses.append(float(loss))

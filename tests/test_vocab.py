@@ -159,7 +159,8 @@ def test_extend_tied_nested_and_jitted(vocab):
     new, _ = extend_embeddings(params, layout, v0, jax.random.key(1))
     assert "lm_head" not in new["params"] and new["params"]["embed"]["embedding"].shape == (layout.size, 4)
     jitted, _ = jax.jit(lambda p, r: extend_embeddings(p, layout, v0, r))(params, jax.random.key(1))
-    np.testing.assert_allclose(np.asarray(jitted["params"]["embed"]["embedding"]), np.asarray(new["params"]["embed"]["embedding"]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(jitted["params"]["embed"]["embedding"]),
+                               np.asarray(new["params"]["embed"]["embedding"]), rtol=1e-6)
     with pytest.raises(ValueError, match="rows"):
         extend_embeddings(params, layout, v0 - 1, jax.random.key(1))
 

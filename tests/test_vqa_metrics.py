@@ -81,10 +81,11 @@ def test_conditional_correctness():
 
 
 def test_real_iu_vqa_follows_the_labeler(shared_data):
+    import csv
+
     from mavilt_jax.data import vqa as vqa_lib
     from mavilt_jax.evaluation import labeler, real_vqa
     from mavilt_jax.evaluation.iu_mesh import report_text
-    import csv
 
     iu = shared_data / "iu_xray"
     items = real_vqa.build_iu_vqa(iu / "indiana_reports.csv", split="test")

@@ -10,7 +10,6 @@ import pytest
 from mavilt_jax.models import discriminator, vqgan
 
 
-
 @pytest.fixture(autouse=True)
 def _compile_fast():
     """Conv nets compile slowly on a busy CPU; these checks do not need optimised code."""

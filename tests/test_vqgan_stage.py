@@ -18,7 +18,6 @@ from mavilt_jax.evaluation import image_metrics
 from mavilt_jax.models import vqgan
 from mavilt_jax.stages import vqgan as vqgan_stage
 
-
 # Conv nets compile slowly on 2 cores; these tests check values, not XLA optimisations.
 pytestmark = pytest.mark.usefixtures("compile_fast")
 

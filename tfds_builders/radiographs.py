@@ -6,7 +6,8 @@ from __future__ import annotations
 import collections
 import io
 import logging
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds

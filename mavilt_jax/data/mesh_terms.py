@@ -36,7 +36,7 @@ nodules and masses are indexed "Nodule" or "Mass" as well, so they stay lesions.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -17,6 +17,7 @@ Shape legend: R image side in pixels; all fields are float [R, R] unless stated.
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 
 from mavilt_jax.data.findings import (
@@ -128,7 +129,7 @@ def _sides(side: str) -> tuple[str, ...]:
     return SIDES if side == "bilateral" else (side,)
 
 
-def _heart(X, Y, e, ctr: float, thorax: dict[str, "_Hemithorax"]):
+def _heart(X, Y, e, ctr: float, thorax: dict[str, _Hemithorax]):
     """Heart mask whose horizontal extent is ctr * THORAX_WIDTH (the cardiothoracic ratio).
 
     As on a film, 36 % of the width lies right of the midline and the rest left; each border
@@ -402,7 +403,8 @@ def _bones_and_airway(D, X, Y, e, ap: bool, thorax: dict[str, _Hemithorax], body
         if site is not None:
             mask = np.zeros_like(X)
             if fracture.healed:  # callus: a bony bulge around the old break
-                callus = np.exp(-(((t - 0.66) / 0.03) ** 2 + ((frac - 0.2) * 0.1 / 0.03) ** 2)) * _step((0.6 - np.abs(phi - fracture.rib + 0.7)) / 0.05)
+                callus = (np.exp(-(((t - 0.66) / 0.03) ** 2 + ((frac - 0.2) * 0.1 / 0.03) ** 2))
+                          * _step((0.6 - np.abs(phi - fracture.rib + 0.7)) / 0.05))
                 ribs = ribs + 0.12 * callus
                 mask[:, cols] = callus
             else:  # a lucent gap through the cortex

@@ -15,8 +15,8 @@ Shape legend: R image side in pixels.
 from __future__ import annotations
 
 import dataclasses
-import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from mavilt_jax.data.findings import (  # noqa: F401
     findings_from_json,
     findings_to_labels,
 )
+
 # Re-exported: callers render studies through this module.
 from mavilt_jax.data.phantom_render import SIDES, THORAX_WIDTH, render, render_with_masks  # noqa: F401
 
@@ -182,7 +183,8 @@ def study_id(seed: int, index: int) -> str:
     return f"syn{seed:04d}-{index:07d}"
 
 
-def generate_study(seed: int, index: int, resolution: int = 128, prevalence: Prevalence | Mapping[str, float] | None = None) -> dict[str, Any]:
+def generate_study(seed: int, index: int, resolution: int = 128,
+                   prevalence: Prevalence | Mapping[str, float] | None = None) -> dict[str, Any]:
     """The study ``index`` of the synthetic world ``seed``: image, report, labels and VQA.
 
     Findings, report and VQA depend on (seed, index) only, so the same study at two resolutions

@@ -108,7 +108,8 @@ def _sentences(f: Findings, rng: np.random.Generator) -> list[tuple[str, str, st
     if f.devices:
         device_text = {
             "endotracheal tube": ("Endotracheal tube terminates {n} cm above the carina.", "Endotracheal tube in standard position."),
-            "central venous catheter": ("Right internal jugular central venous catheter with tip in the SVC.", "Right central venous catheter in place."),
+            "central venous catheter": ("Right internal jugular central venous catheter with tip in the SVC.",
+                                        "Right central venous catheter in place."),
             "nasogastric tube": ("Nasogastric tube courses below the diaphragm into the stomach.", "Nasogastric tube in the stomach."),
             "pacemaker": ("Left chest wall pacemaker with lead in the right ventricle.", "Pacemaker in place."),
         }
@@ -195,10 +196,13 @@ def _sentences(f: Findings, rng: np.random.Generator) -> list[tuple[str, str, st
         where = "bibasilar" if a.side == "bilateral" else f"{a.side} basilar"
         if a.hedged:
             # "density", not "opacity": the latter would mention Lung Opacity.
-            s = pick([f"Possible {where} atelectasis.", f"Linear density at the {'lung bases' if a.side == 'bilateral' else a.side + ' base'} may represent atelectasis."])
+            bases = "lung bases" if a.side == "bilateral" else a.side + " base"
+            s = pick([f"Possible {where} atelectasis.", f"Linear density at the {bases} may represent atelectasis."])
             out.append(("lungs", s, f"Possible {where} atelectasis."))
         else:
-            s = pick([f"{where.capitalize()} atelectasis.", f"There is {where} plate-like atelectasis.", f"Subsegmental atelectasis at the {'lung bases' if a.side == 'bilateral' else a.side + ' base'}."])
+            bases = "lung bases" if a.side == "bilateral" else a.side + " base"
+            s = pick([f"{where.capitalize()} atelectasis.", f"There is {where} plate-like atelectasis.",
+                      f"Subsegmental atelectasis at the {bases}."])
             out.append(("lungs", s, f"{where.capitalize()} atelectasis."))
     if f.widened_mediastinum:
         if f.widened_mediastinum.hedged:

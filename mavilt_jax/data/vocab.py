@@ -16,7 +16,8 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import tokenizers
@@ -186,7 +187,7 @@ class ExtendedVocab:
         codes_per_image: int,
         gguf_file: str | None = None,
         text_vocab_size: int | None = None,
-    ) -> "ExtendedVocab":
+    ) -> ExtendedVocab:
         """From a pretrained model's tokenizer: a Hugging Face directory or a GGUF file in ``path``.
 
         ``text_vocab_size``: rows of the pretrained embedding table when it is padded beyond the
@@ -202,7 +203,7 @@ class ExtendedVocab:
     @classmethod
     def from_hf_tokenizer(
         cls, hf: Any, *, codebook_size: int, codes_per_image: int, text_vocab_size: int | None = None,
-    ) -> "ExtendedVocab":
+    ) -> ExtendedVocab:
         """From a loaded transformers fast tokenizer (its backend, EOS/BOS strings, chat template)."""
         if hf.eos_token is None:
             raise ValueError("the tokenizer defines no end-of-sequence token")
@@ -234,7 +235,7 @@ class ExtendedVocab:
         (directory / _VOCAB_FILE).write_text(json.dumps(meta, indent=1))
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "ExtendedVocab":
+    def load(cls, directory: str | os.PathLike) -> ExtendedVocab:
         directory = pathlib.Path(directory)
         if not (directory / _VOCAB_FILE).is_file():
             raise FileNotFoundError(f"no {_VOCAB_FILE} in {directory}: not a saved ExtendedVocab")

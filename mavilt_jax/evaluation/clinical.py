@@ -36,7 +36,7 @@ class CECounts:
     fn: np.ndarray
     observations: tuple[str, ...]
 
-    def take(self, idx: np.ndarray) -> "CECounts":
+    def take(self, idx: np.ndarray) -> CECounts:
         return CECounts(self.tp[idx], self.fp[idx], self.fn[idx], self.observations)
 
 

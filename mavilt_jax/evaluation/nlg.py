@@ -143,7 +143,7 @@ class NLGScorer:
             self._meteor.close()
             self._meteor = None
 
-    def __enter__(self) -> "NLGScorer":
+    def __enter__(self) -> NLGScorer:
         return self
 
     def __exit__(self, *exc) -> None:

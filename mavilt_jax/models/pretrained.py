@@ -20,7 +20,8 @@ import dataclasses
 import importlib.util
 import json
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -29,7 +29,8 @@ Contract (all functions are pure and traceable unless stated otherwise):
 from __future__ import annotations
 
 import abc
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax
 import jax

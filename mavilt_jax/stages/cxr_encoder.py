@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +24,8 @@ from absl import logging
 from scipy import stats
 
 from mavilt_jax import optimizers
-from mavilt_jax.deprecation import moved_attributes
 from mavilt_jax.data import labels as labels_lib
+from mavilt_jax.deprecation import moved_attributes
 from mavilt_jax.models import cxr_encoder, vqgan
 from mavilt_jax.stages.base import Batch, Measurements, Stage, TrainState
 

@@ -17,7 +17,8 @@ cross-entropy on the text).
 from __future__ import annotations
 
 import csv
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np

@@ -39,7 +39,7 @@ import logging
 import re
 import tarfile
 import zlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds

@@ -124,7 +124,7 @@ class Pretokenized(tfds.core.GeneratorBasedBuilder):
             yield from self._emit(encoder, pending)
         logging.info("pretokenized/%s: %d examples encoded, %d skipped", split, len(source) - skipped, skipped)
 
-    def _emit(self, encoder: "BatchEncoder", pending: list[tuple[np.ndarray, dict]]):
+    def _emit(self, encoder: BatchEncoder, pending: list[tuple[np.ndarray, dict]]):
         codes = encoder(np.stack([image for image, _ in pending]))
         for row, (_, example) in zip(codes, pending):
             out = {k: _text(example.get(k, "")) for k in _TEXT_FIELDS}
