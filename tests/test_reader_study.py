@@ -20,11 +20,10 @@ import pytest
 
 pytest.importorskip("krippendorff", reason="the reader extra (pip install -e .[reader]) provides krippendorff")
 
+import reader_study_helpers as H  # noqa: E402  (tests/ is on sys.path under pytest)
+
 from mavilt_jax.reader_study import __main__ as cli  # noqa: E402
 from mavilt_jax.reader_study import stats, store, study  # noqa: E402
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import reader_study_helpers as H  # noqa: E402
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SECRETS = (H.MAIN, H.BASELINE, H.MAIN_FILE, H.BASELINE_FILE, "mainjob", "constbase", "preds_", "syn0007")

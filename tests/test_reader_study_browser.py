@@ -1,37 +1,24 @@
-"""The reader-study page in a real headless browser (Debian's chromium driven by playwright): start,
-rate a case by clicking, stop, continue; the rating is in the database and the image loads."""
+"""The reader-study page in a real headless browser (Debian's chromium driven by playwright, helpers
+in tests/browser.py): start, rate a case by clicking, stop, continue; the rating is in the database,
+the image loads, no request names a system. READER_STUDY_SCREENSHOT=path.png keeps a screenshot."""
 
 from __future__ import annotations
 
 import os
-import pathlib
-import shutil
-import sys
 
 import pytest
 
 pytest.importorskip("krippendorff", reason="the reader extra (pip install -e .[reader]) provides krippendorff")
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python package) is not installed")
+import reader_study_helpers as H  # noqa: E402
+from browser import launch_chromium  # noqa: E402
 
 from mavilt_jax.reader_study import store, study  # noqa: E402
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import reader_study_helpers as H  # noqa: E402
-
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    pytest.skip("no chromium executable (Debian package: apt-get install chromium)")
 
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=_chromium(), headless=True, args=["--no-sandbox"])
+    with launch_chromium() as b:
         yield b
-        b.close()
 
 
 def test_rating_page_in_a_browser(browser, tmp_path):
