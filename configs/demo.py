@@ -1,36 +1,81 @@
-"""The whole pipeline at CPU size, in sequence, in subfolders of the workdir:
+"""The main job: the whole method at CPU size, trained AND evaluated, in subfolders of the workdir:
 
-  cxr_encoder -> tokenizer -> text_pretrain -> stage1 -> stage2
+  cxr_encoder -> judge -> vqgan -> text_pretrain -> stage1 -> stage2 -> evaluation
 
-  python -m mavilt_jax.main --config=configs/demo.py --workdir=/tmp/mavilt/demo
+  python -m mavilt_jax.main --config=configs/demo.py --workdir=/tmp/mavilt
+
+- cxr_encoder: phi, the CXR encoder of Eq. 4's feature term (guides the tokenizer);
+- judge: a second classifier, trained separately (plain CNN, other seed), used ONLY to judge
+  generated images (phi guided the tokenizer, so it cannot judge);
+- vqgan (the image tokenizer), text_pretrain, stage1, stage2: the method;
+- evaluation: the final model on the held-out test split (seeds never seen in training, all 200
+  studies) beside a constant-report control, a shuffled-image control and the ceilings
+  (`mavilt_jax/evaluation/pipeline_eval.py`); writes results.json, report_card.md,
+  image_grid.png and sample_reports.md into the workdir.
 
 Each step resumes (or skips, when finished) what an earlier call left in its subfolder, so the
 command can be rerun after an interruption. ``{workdir}`` in a path is the demo's workdir.
-Variants: ``steps=N`` (steps of every step, for a smoke run); ``model=tiny|cpu``.
+Variants: ``steps=N`` (every training step's length, for a smoke run); ``model=tiny|cpu``;
+``long`` (the longer variant: more stage-1/2 and judge steps); ``eval_studies=N`` (evaluate the
+first N test studies only; 0: all); ``fast_eval`` (no METEOR, Inception, probe or sweep);
+``smoke`` (everything at the smallest size: the CI test of the main job).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from configs import common, cxr_encoder, stage1, stage2, text_pretrain, tokenizer
+from configs import common, cxr_encoder, stage1, stage2, text_pretrain, vqgan
+
+# The bars of the method on the synthetic test split (checked and shown in the report card).
+BARS = {"ce_f1_micro": 0.80, "vqa_accuracy": 0.90, "vqa_auroc": 0.95, "judge_auroc": 0.90}
+
+# Steps of each training step: (default, long).
+STEPS = {"cxr_encoder": (300, 300), "judge": (1500, 3000), "vqgan": (500, 1500), "text_pretrain": (300, 300),
+         "stage1": (1000, 4000), "stage2": (1000, 4000)}
 
 
-def config(*, steps: int | None = None, model: str = "cpu") -> ml_collections.ConfigDict:
-    """The pipeline; ``steps`` (when given) replaces every step's ``total_steps``."""
+def evaluation_config(*, model_step: str = "stage2", max_studies: int = 0,
+                      fast: bool = False) -> ml_collections.ConfigDict:
+    """The evaluation step (`mavilt_jax.evaluation.pipeline_eval`) of the pipeline."""
+    return ml_collections.ConfigDict(dict(
+        stage="evaluation", model_step=model_step, judge="{workdir}/judge", split="test", max_studies=max_studies,
+        guidance_scale=3.0, guidance_sweep=() if fast else (1.0, 2.0, 3.0, 5.0), max_report_tokens=128,
+        batch_size=32, seed=0, resamples=200 if fast else 1000, nlg_resamples=10 if fast else 100,
+        fid_resamples=10 if fast else 50, meteor=not fast,
+        fid_extractors=("judge",) if fast else ("inception", "judge"), probe=not fast, sample_reports=8,
+        bars=dict(BARS)))
+
+
+def config(*, steps: int | None = None, model: str = "cpu", long: bool = False, eval_studies: int = 0,
+           fast_eval: bool = False, smoke: bool = False) -> ml_collections.ConfigDict:
+    """The pipeline; ``steps`` (when given) replaces every training step's ``total_steps``.
+
+    ``smoke``: the whole main job wired as in production, at the smallest sizes (3 steps each, the
+    tiny LLM, XLA optimisations off for fast compiles, evaluation of 8 test studies without
+    METEOR, Inception, probe or sweep): what CI runs."""
+    if smoke:
+        steps, model, fast_eval, eval_studies = steps or 3, "tiny", True, eval_studies or 8
     root = "{workdir}"
+    n = {k: steps if steps is not None else v[int(long)] for k, v in STEPS.items()}
     pipeline = ml_collections.ConfigDict()
-    pipeline.cxr_encoder = cxr_encoder.config(runlocal=True, steps=steps)
-    pipeline.tokenizer = tokenizer.config(runlocal=True, phi=f"{root}/cxr_encoder", steps=steps)
-    pipeline.text_pretrain = text_pretrain.config(runlocal=True, model=model, steps=steps)
+    pipeline.cxr_encoder = cxr_encoder.config(runlocal=True, steps=n["cxr_encoder"])
+    pipeline.judge = cxr_encoder.config(runlocal=True, independent=True, steps=n["judge"])
+    pipeline.vqgan = vqgan.config(runlocal=True, phi=f"{root}/cxr_encoder", steps=n["vqgan"])
+    pipeline.text_pretrain = text_pretrain.config(runlocal=True, model=model, steps=n["text_pretrain"])
     pipeline.stage1 = stage1.config(runlocal=True, model=model, text=f"{root}/text_pretrain",
-                                    tokenizer=f"{root}/tokenizer", phi=f"{root}/cxr_encoder", steps=steps)
-    pipeline.stage2 = stage2.config(runlocal=True, model=model, stage1=f"{root}/stage1", tokenizer=f"{root}/tokenizer",
-                                    phi=f"{root}/cxr_encoder", steps=steps)
+                                    tokenizer=f"{root}/vqgan", phi=f"{root}/cxr_encoder", steps=n["stage1"])
+    pipeline.stage2 = stage2.config(runlocal=True, model=model, stage1=f"{root}/stage1", tokenizer=f"{root}/vqgan",
+                                    phi=f"{root}/cxr_encoder", steps=n["stage2"])
+    pipeline.evaluation = evaluation_config(max_studies=eval_studies, fast=fast_eval)
+    if smoke:
+        for name in STEPS:
+            pipeline[name].disable_most_optimizations = True
+            pipeline[name].checkpoint.async_save = False
     config = ml_collections.ConfigDict()
     config.stage = "pipeline"
     config.pipeline = pipeline
-    config.order = ("cxr_encoder", "tokenizer", "text_pretrain", "stage1", "stage2")
+    config.order = ("cxr_encoder", "judge", "vqgan", "text_pretrain", "stage1", "stage2", "evaluation")
     return config
 
 

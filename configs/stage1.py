@@ -21,8 +21,10 @@ from configs import vqgan as vqgan_config
 
 
 def vqgan_block(image_size: int = 64) -> ml_collections.ConfigDict:
-    """VQ-GAN shape used only when no tokenizer checkpoint is given (tests): configs/vqgan.py's runlocal one."""
-    return ml_collections.ConfigDict(dict(model=vqgan_config.config(runlocal=True, res=image_size).model))
+    """The VQ-GAN used only without a tokenizer checkpoint, and only with ``allow_random`` (tests,
+    compile checks): random, of configs/vqgan.py's runlocal shape. Otherwise stage 1 refuses to start."""
+    return ml_collections.ConfigDict(dict(model=vqgan_config.config(runlocal=True, res=image_size).model,
+                                          allow_random=False))
 
 
 def config(*, runlocal: bool = False, model: str | None = None, text: str = "", tokenizer: str = "", phi: str = "",

@@ -33,7 +33,8 @@ mode forces), left-padded by `left_pad`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +57,9 @@ class SequenceConfig:
     task_weights: stage-2 task sampling weights, (task, weight) pairs over `templates.TASKS`.
     use_chat_template: use the tokenizer's chat template when it has one.
     system_prompt: system turn of the chat layout (None: the template's default).
+    fixed_instructions: one fixed wording per task in training AND inference
+      (`templates.fixed_template`) instead of the task-adaptive paraphrases (the ablation of
+      Table IV, "no task-adaptive instructions").
     """
 
     max_len: int
@@ -65,6 +69,7 @@ class SequenceConfig:
         ("report", 1.0), ("findings", 1.0), ("impression", 1.0), ("report_to_image", 1.0), ("vqa", 1.0))
     use_chat_template: bool = True
     system_prompt: str | None = None
+    fixed_instructions: bool = False
 
     def __post_init__(self):
         if isinstance(self.task_weights, Mapping):  # a ConfigDict / dict of task -> weight
@@ -282,18 +287,24 @@ class SequenceBuilder:
             raise ValueError(f"the study has no data for task {task!r}")
         if task == "vqa":
             pair = pairs[int(rng.integers(len(pairs)))]
-            template = templates_lib.sample_template("vqa", rng, split, pair.get("question_type"))
+            template = self._template("vqa", rng, split, pair.get("question_type"))
             out = self.instruction("vqa", template, codes=codes, response=pair["answer"], question=pair["question"])
         elif task == "report_to_image":
-            template = templates_lib.sample_template(task, rng, split)
+            template = self._template(task, rng, split)
             uncond = bool(rng.random() < self.config.cond_drop_prob)
             out = self.instruction(task, template, codes=codes, report=report, uncond=uncond)
         else:
             response = {"report": report, "findings": findings, "impression": impression}[task]
-            template = templates_lib.sample_template(task, rng, split)
+            template = self._template(task, rng, split)
             out = self.instruction(task, template, codes=codes, response=response)
         out["task_id"] = np.int32(templates_lib.TASKS.index(task))
         return out
+
+    def _template(self, task: str, rng: np.random.Generator, split: str,
+                  question_type: str | None = None) -> templates_lib.Template:
+        if self.config.fixed_instructions:
+            return templates_lib.fixed_template(task)
+        return templates_lib.sample_template(task, rng, split, question_type)
 
     # ---- prompts for the sampler ---------------------------------------------------------
     def _prompt_ids(self, chunks: list[_Chunk], reserve: int) -> list[int]:
@@ -318,7 +329,9 @@ class SequenceBuilder:
 
         A report -> image prompt ends before ``<boi>`` and leaves room for the image in ``max_len``.
         """
-        template = template or templates_lib.default_template(task, question_type)
+        if template is None:
+            template = (templates_lib.fixed_template(task) if self.config.fixed_instructions
+                        else templates_lib.default_template(task, question_type))
         if task == "report_to_image":
             chunks = self._instruction_chunks(template.render(report=_REPORT), report=report, uncond=uncond)
             return self._prompt_ids(chunks, self.layout.codes_per_image + 2)

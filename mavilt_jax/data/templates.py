@@ -152,3 +152,9 @@ def sample_template(
 def default_template(task: str, question_type: str | None = None) -> Template:
     """The deterministic wording for inference and evaluation: the first held-out one."""
     return templates(task, "eval", question_type)[0]
+
+
+def fixed_template(task: str) -> Template:
+    """The one wording of a task when instructions are not task-adaptive (the ablation): the first
+    training wording, and the generic one for every VQA question type."""
+    return templates(task, "train", None)[0]

@@ -28,7 +28,8 @@ def conditional_correctness(probabilities: np.ndarray, requested: np.ndarray,
     ``auroc_macro``, ``accuracy_macro``. ``No Finding`` is not scored by default."""
     probabilities = np.asarray(probabilities, np.float64)
     requested = np.asarray(requested)
-    if probabilities.shape != requested.shape or probabilities.ndim != 2 or probabilities.shape[1] != L.NUM_OBSERVATIONS:
+    if (probabilities.shape != requested.shape or probabilities.ndim != 2
+            or probabilities.shape[1] != L.NUM_OBSERVATIONS):
         raise ValueError(f"expected [N, {L.NUM_OBSERVATIONS}] probabilities and labels, got "
                          f"{probabilities.shape} and {requested.shape}")
     out: dict[str, float | int] = {}
@@ -67,3 +68,23 @@ def phi_classifier_fn(model, params) -> Callable[[np.ndarray], np.ndarray]:
         return np.asarray(probs(params, to_unit_range(images)), np.float64)
 
     return classifier_fn
+
+
+def classifier_scorers(checkpoint: str) -> tuple[dict[str, Callable[[np.ndarray], np.ndarray]],
+                                                 Callable[[np.ndarray], np.ndarray]]:
+    """({"phi": features_fn}, classifier_fn) of a trained CXR classifier workdir (phi or the
+    independent judge), both taking uint8 images [N, H, W] at any size and feeding them at the
+    classifier's training size."""
+    from mavilt_jax import checkpointing
+    from mavilt_jax.evaluation import frechet
+    from mavilt_jax.models import cxr_encoder, vqgan
+
+    cfg, params = cxr_encoder.load_cxr_encoder(checkpoint)
+    size = int(checkpointing.read_workdir_config(checkpoint)["model"]["image_size"])
+    model = cxr_encoder.CxrEncoder(cfg)
+    features, classify = frechet.phi_features_fn(model, params), phi_classifier_fn(model, params)
+
+    def resized(fn):
+        return lambda images: fn(vqgan.to_model_range(np.asarray(images)[..., None], size))
+
+    return {"phi": resized(features)}, resized(classify)

@@ -28,11 +28,10 @@ import dataclasses
 import json
 import pathlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import ml_collections
 import numpy as np
-from absl import logging
 
 from mavilt_jax.evaluation import records as records_lib
 
@@ -98,22 +97,19 @@ def majority_answers(train_pairs: Sequence[Mapping[str, str]]) -> tuple[dict[str
     return answers, p_yes, overall
 
 
-def _record_set(records: list[dict], base_dir: pathlib.Path) -> records_lib.RecordSet:
-    return records_lib.group_records(records, base_dir)
-
-
 def _score(records: list[dict], base_dir: pathlib.Path, cfg, scorers: Mapping, out_dir: pathlib.Path | None = None,
            extractors: tuple[str, ...] | None = None) -> dict:
     from mavilt_jax.evaluation import suite
 
     if extractors is not None:
         cfg = dataclasses.replace(cfg, fid_extractors=extractors)
-    return suite.score_records(_record_set(records, base_dir), cfg, out_dir=out_dir, **scorers)
+    return suite.score_records(records_lib.group_records(records, base_dir), cfg, out_dir=out_dir, **scorers)
 
 
-def _image_records(ids: Sequence[str], reports: Sequence[str], real_paths: Sequence[str], shown: Sequence[str]) -> list[dict]:
+def _image_records(ids: Sequence[str], reports: Sequence[str], real_paths: Sequence[str],
+                   shown: Sequence[str]) -> list[dict]:
     return [{"task": "report_to_image", "study_id": s, "report": r, "real_image": real, "generated_image": g}
-            for s, r, real, g in zip(ids, reports, real_paths, shown)]
+            for s, r, real, g in zip(ids, reports, real_paths, shown, strict=True)]
 
 
 def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.ConfigDict, model_workdir: str,
@@ -121,9 +117,8 @@ def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.Con
     """Evaluates the stage-2 (or stage-1) checkpoint in ``model_workdir``; writes to ``out_dir``."""
     from PIL import Image
 
-    from mavilt_jax import evaluate as evaluate_cli
     from mavilt_jax.data import sequences
-    from mavilt_jax.evaluation import generate, probe, report_card, suite
+    from mavilt_jax.evaluation import conditional, generate, probe, report_card, suite
 
     out = pathlib.Path(out_dir)
     pred_dir = out / "predictions"
@@ -147,7 +142,7 @@ def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.Con
     n = len(examples)
     progress(f"evaluation: {n} {ec.split} studies; judge {ec.judge}")
 
-    features_fns, classifier_fn = evaluate_cli.phi_scorers(ec.judge)
+    features_fns, classifier_fn = conditional.classifier_scorers(ec.judge)
     scorers = {"features_fns": {"judge": features_fns["phi"]}, "classifier_fn": classifier_fn}
 
     # ---- the model -------------------------------------------------------------------------------
@@ -179,7 +174,7 @@ def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.Con
 
     # ---- control (b): the radiograph of another study -------------------------------------------
     perm = derangement(n, ec.seed)
-    swapped = [{**e, "image": examples[j]["image"]} for e, j in zip(examples, perm)]
+    swapped = [{**e, "image": examples[j]["image"]} for e, j in zip(examples, perm, strict=True)]
     control_b = generate.predict(generator, swapped, pred_dir / "control_shuffled", tasks=("report_generation", "vqa"),
                                  progress=lambda d, t: progress(f"evaluation: control (b) shuffled images {d}/{t}"))
     # report -> image: the images generated for another study's report, judged against this one's.
@@ -193,9 +188,12 @@ def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.Con
     codes = np.concatenate([generator.encode(images[i:i + 64]) for i in range(0, n, 64)])
     recon = np.concatenate([generator.decode(codes[i:i + 64]) for i in range(0, n, 64)])
     recon_paths = []
-    for sid, im in zip(ids, recon):
+    for sid, im in zip(ids, recon, strict=True):
         recon_paths.append(f"images/{sid}_reconstruction.png")
         Image.fromarray(im).save(pred_dir / recon_paths[-1])
+    progress("evaluation: report likelihood with the study's own image vs another study's")
+    results["image_information"] = image_information(report_nll(generator, codes, references),
+                                                     report_nll(generator, codes[perm], references), cfg)
     results["ceiling_judge_real"] = _score(_image_records(ids, references, real_paths, real_paths), pred_dir, cfg,
                                            scorers, extractors=())
     results["ceiling_reconstruction"] = _score(_image_records(ids, references, real_paths, recon_paths), pred_dir,
@@ -230,8 +228,58 @@ def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.Con
     results["bars"] = check_bars(results, ec.bars.to_dict() if ec.get("bars") else {})
     (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=True, default=_jsonable))
     (out / "report_card.md").write_text(render_card(results) + "\n" + report_card.render(results["model"]))
-    write_sample_reports(out / "sample_reports.md", records, results["control_shuffled_image"], ec.sample_reports)
+    write_sample_reports(out / "sample_reports.md", records, ec.sample_reports)
     return results
+
+
+def report_nll(generator, codes: np.ndarray, reports: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    """Teacher-forced -log p(reference report | image codes) per study, in nats per report token
+    (the report prompt the model was trained on: stage 1's layout, or stage 2's "report" task)."""
+    import jax
+    import jax.numpy as jnp
+
+    from mavilt_jax.data import templates
+
+    builder = generator.builder
+
+    def arrays(c: np.ndarray, report: str) -> dict[str, np.ndarray]:
+        if not generator.instruction:
+            return builder.image_to_report(c, report)
+        template = (templates.fixed_template("report") if builder.config.fixed_instructions
+                    else templates.default_template("report"))
+        return builder.instruction("report", template, codes=c, response=report)
+
+    model = generator.stage.model
+
+    @jax.jit
+    def nll(params, tokens, positions, targets, mask):
+        logits, _ = model.apply({"params": params}, tokens, positions)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+        return -jnp.sum(picked * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+
+    out = []
+    for start in range(0, len(reports), batch_size):
+        rows = [arrays(c, r) for c, r in zip(codes[start:start + batch_size], reports[start:start + batch_size],
+                                              strict=True)]
+        batch = {k: np.stack([row[k] for row in rows]) for k in ("tokens", "positions", "targets", "loss_mask")}
+        out.append(np.asarray(nll(generator.params, batch["tokens"], batch["positions"], batch["targets"],
+                                  batch["loss_mask"])))
+    return np.concatenate(out)
+
+
+def image_information(own: np.ndarray, other: np.ndarray, cfg) -> dict:
+    """How much the radiograph tells the model about its report: the mean report NLL with the
+    study's own image, with another study's, and their difference (> 0: the image is read), each
+    with a bootstrap CI over studies."""
+    from mavilt_jax.evaluation import bootstrap
+
+    def stat(idx):
+        return {"nll_own_image": float(own[idx].mean()), "nll_other_image": float(other[idx].mean()),
+                "nll_gain_from_image": float((other[idx] - own[idx]).mean())}
+
+    est = bootstrap.bootstrap(stat, len(own), cfg.resamples, cfg.seed, cfg.confidence)
+    return {k: v.to_json() for k, v in est.items()}
 
 
 def _jsonable(value):
@@ -293,11 +341,18 @@ def render_card(results: Mapping) -> str:
     for name, row in rows:
         cells = [_cell(summary_value(row, path), 2 if key.startswith("fd_") else 3) for key, _, path in SUMMARY_COLUMNS]
         lines.append("| " + " | ".join([name, *cells]) + " |")
+    info = results.get("image_information")
+    if info:
+        lines += ["", "Does the model read the image? Teacher-forced reference-report NLL (nats per token) with the "
+                      f"study's own radiograph {_cell(info['nll_own_image'])}, with another study's "
+                      f"{_cell(info['nll_other_image'])}; gain from the image {_cell(info['nll_gain_from_image'])} "
+                      "(0: the image is ignored)."]
     probe_res = results.get("ceiling_code_probe")
     if probe_res:
+        per_finding = ", ".join(f"{k.split('/', 1)[1]} {v:.2f}" for k, v in probe_res.items()
+                                if k.startswith("auroc/"))
         lines += ["", f"Ceiling, code probe (logistic regression on one-hot VQ-GAN codes -> labels, "
-                      f"{probe_res['findings_scored']} findings): macro AUROC {probe_res['auroc_macro']:.3f}; "
-                      + ", ".join(f"{k.split('/', 1)[1]} {v:.2f}" for k, v in probe_res.items() if k.startswith("auroc/"))]
+                      f"{probe_res['findings_scored']} findings): macro AUROC {probe_res['auroc_macro']:.3f}; {per_finding}"]
     if results.get("bars"):
         lines += ["", "## Bars", "", "| Figure | Bar | Model | Met |", "|---|---|---|---|"]
         labels = {key: label for key, label, _ in SUMMARY_COLUMNS}
@@ -316,17 +371,17 @@ def render_card(results: Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_sample_reports(path: pathlib.Path, records: Sequence[Mapping], shuffled: Mapping, count: int) -> None:
+def write_sample_reports(path: pathlib.Path, records: Sequence[Mapping], count: int) -> None:
     """A few generated reports beside their references."""
     rows = [r for r in records if r["task"] == "report_generation"][:count]
     lines = ["# Sample reports (held-out test studies)", ""]
     for r in rows:
-        lines += [f"## {r['study_id']}", "", f"**Generated:** {r['generation']}", "", f"**Reference:** {r['reference']}", ""]
+        lines += [f"## {r['study_id']}", "", f"**Generated:** {r['generation']}", "",
+                  f"**Reference:** {r['reference']}", ""]
     path.write_text("\n".join(lines))
 
 
-def pipeline_step(config: ml_collections.ConfigDict, pipeline: ml_collections.ConfigDict, workdir: str,
-                  show: Callable[[str], None] | None = None) -> dict:
+def pipeline_step(config: ml_collections.ConfigDict, pipeline: ml_collections.ConfigDict, workdir: str) -> dict:
     """The evaluation step of `train.run_pipeline`: evaluates step ``config.model_step`` of the
     pipeline; skipped when ``workdir`` already holds its results.json (delete it to rerun)."""
     done = pathlib.Path(workdir) / "results.json"
