@@ -13,14 +13,13 @@ Unusable inputs (not an image, an empty report, ...) show as error messages in t
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Any
 
 import numpy as np
 
-from mavilt_jax import image_io
+from mavilt_jax import cli, image_io
 
 EXAMPLE_REPORT = "Heart size is normal. Small left pleural effusion. No pneumothorax."
 
@@ -100,11 +99,10 @@ def build_app(model: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mavilt_jax.app", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m mavilt_jax.app", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="a stage-2 workdir, an export bundle or a main-job workdir")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--allow_unfinished", action="store_true")
-    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")
     args = parser.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no telemetry calls
     try:

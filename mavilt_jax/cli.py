@@ -16,7 +16,8 @@ import argparse
 import importlib.util
 import re
 import sys
-from typing import Any, Callable, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 HELP_FLAGS = ("-h", "--help", "-?", "--helpshort")
 
@@ -143,16 +144,32 @@ class _OneLineFormatter(argparse.HelpFormatter):
     """Every option on one line: no wrapping of the help text."""
 
     def __init__(self, prog: str) -> None:
-        super().__init__(prog, max_help_position=40, width=10_000)
+        super().__init__(prog, max_help_position=10_000, width=10_000)  # help beside the longest flag
 
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one line per flag in ``--help`` and one-line errors (exit 2) that list the
-    known flags."""
+    known flags; an unknown flag is named before any other problem, and flags are never
+    abbreviated (``--chec`` is not ``--checkpoint``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _OneLineFormatter)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:
+        argv = list(sys.argv[1:] if args is None else args)
+        parser: ArgumentParser = self
+        for word in argv:
+            commands = {name: p for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+                        for name, p in a.choices.items()}
+            if word in commands:
+                parser = commands[word]  # the flags after a command are the command's
+            elif word == "--":
+                break
+            elif word.startswith("--") and word.split("=", 1)[0] not in parser._option_string_actions:
+                parser.error(f"unknown flag {word.split('=', 1)[0]}")
+        return super().parse_args(argv, namespace)
 
     def error(self, message: str) -> NoReturn:
         known = sorted({s for a in self._actions for s in a.option_strings if s.startswith("--")})

@@ -13,12 +13,13 @@ one line.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
 import shutil
 import sys
+
+from mavilt_jax import cli
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -82,12 +83,11 @@ def export(checkpoint: str | pathlib.Path, out: str | pathlib.Path, *, dtype: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mavilt_jax.export", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m mavilt_jax.export", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="a finished stage-2 (or stage-1) workdir")
     parser.add_argument("--out", required=True, help="the bundle folder to write (new or empty)")
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="cast parameters (default: as trained)")
     parser.add_argument("--allow_unfinished", action="store_true", help="export the last checkpoint of an unfinished run")
-    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")  # one line, no usage
     args = parser.parse_args(argv)
     from mavilt_jax import inference
 

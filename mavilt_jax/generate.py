@@ -22,7 +22,7 @@ import pathlib
 import sys
 from typing import Any
 
-from mavilt_jax import image_io
+from mavilt_jax import cli, image_io
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg") + image_io.DICOM_SUFFIXES
 
@@ -142,14 +142,13 @@ def run_vqa(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mavilt_jax.generate", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m mavilt_jax.generate", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="task", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--checkpoint", required=True, help="a finished stage-2 workdir or an export bundle")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--allow_unfinished", action="store_true", help="use the last checkpoint of an unfinished run")
-        p.error = lambda message: p.exit(2, f"{p.prog}: error: {message}\n")  # one line, no usage block
 
     report = sub.add_parser("report", help="radiographs -> reports")
     common(report)
@@ -180,7 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
     vqa.add_argument("images", nargs="+", help="image files or folders")
     vqa.add_argument("--question", action="append", help="a question (repeat for several)")
     vqa.add_argument("--out", help="JSONL file (default: text on stdout for one image, JSONL for several)")
-    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")
     return parser
 
 
