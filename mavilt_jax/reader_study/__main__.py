@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sqlite3
 import sys
 
@@ -32,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the server as Ctrl-C does (every rating is already committed)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -48,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             httpd = server.make_server(args.study, args.host, args.port)
             host, port = httpd.server_address[:2]
             print(f"Serving the reader study on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+            signal.signal(signal.SIGTERM, _stop)
             try:
                 httpd.serve_forever()
             except KeyboardInterrupt:
