@@ -217,8 +217,8 @@ def test_ratings_survive_a_killed_server(fresh_study):
         _, _, body = client.request("/case?n=2")
         assert b"3 rated" in body and b"value=3 id=score3 required checked" in body and b"note 2" in body
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.kill(proc.pid, signal.SIGTERM)  # stops as Ctrl-C does
+        assert proc.wait(timeout=120) == 0
     assert {r["case_id"]: r["score"] for r in store.read_ratings(fresh_study)} == rated
 
 
