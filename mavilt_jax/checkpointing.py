@@ -18,6 +18,7 @@ Initialisation order of a run (`mavilt_jax/train.py`):
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 from typing import Any
 
@@ -35,11 +36,22 @@ def checkpoint_dir(path: str) -> str:
     return sub if epath.Path(sub).is_dir() or not epath.Path(path).is_dir() else path
 
 
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (full disk, file-size limit, lost permissions, ...).
+
+    The step being written is left as an unfinished ``<step>.orbax-checkpoint-tmp*`` folder, which
+    restores ignore, so the previous checkpoint is still the latest."""
+
+
 class Checkpointer:
-    """Saves and restores train state + data iterator under ``directory`` (keeps the last ``keep``)."""
+    """Saves and restores train state + data iterator under ``directory`` (keeps the last ``keep``).
+
+    A failed save (synchronous, or found when an asynchronous one is waited for) raises
+    `CheckpointSaveError` naming the step and the folder."""
 
     def __init__(self, directory: str, *, every_steps: int, keep: int, async_save: bool = True):
         self.every_steps = every_steps
+        self._pending_step: int | None = None
         self.manager = ocp.CheckpointManager(
             epath.Path(directory).absolute(),
             options=ocp.CheckpointManagerOptions(
@@ -65,7 +77,26 @@ class Checkpointer:
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        # orbax first waits for the previous asynchronous save: its failure surfaces here.
+        with self._save_errors():
+            saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        self._pending_step = step if saved else self._pending_step
+        return saved
+
+    @contextlib.contextmanager
+    def _save_errors(self):
+        """Turns a failure of the save in flight into `CheckpointSaveError` (message names the folder)."""
+        try:
+            yield
+        except CheckpointSaveError:
+            raise
+        except Exception as e:  # orbax/tensorstore report I/O failures as ValueError, OSError, ...
+            step = self._pending_step
+            self._pending_step = None
+            what = f"step {step}" if step is not None else "a checkpoint"
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointSaveError(f"saving {what} to {self.manager.directory} failed ({detail}); the previous "
+                                      f"checkpoint (step {self.latest_step()}) is kept") from e
 
     def restore(self, step: int, target: PyTree, data_iterator: Any = None) -> PyTree:
         """Restores the state onto ``target``'s shardings (and the iterator in place, if given)."""
@@ -75,11 +106,18 @@ class Checkpointer:
         return self.manager.restore(step, args=ocp.args.Composite(**items)).state
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._save_errors():
+            self.manager.wait_until_finished()
+        self._pending_step = None
 
     def close(self) -> None:
         """Waits for a pending asynchronous save, then releases the manager."""
-        self.manager.wait_until_finished()
+        try:
+            self.wait()
+        except CheckpointSaveError:
+            with contextlib.suppress(Exception):  # the save's own error is the one to report
+                self.manager.close()
+            raise
         self.manager.close()
 
 

@@ -9,6 +9,7 @@ pod / SLURM job (``--distributed=auto``), where JAX finds them itself.
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -50,14 +51,20 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     logging.info("Process %d of %d.", jax.process_index(), jax.process_count())
 
-    from mavilt_jax import train  # after distributed initialisation: it creates devices lazily
+    from mavilt_jax import checkpointing, locks, train  # after distributed initialisation: it creates devices lazily
 
-    if "pipeline" in _CONFIG.value:  # several stages in sequence (configs/demo.py)
-        results = train.run_pipeline(_CONFIG.value, _WORKDIR.value)
-        logging.info("Pipeline finished: %s", results)
-    else:
-        result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-        logging.info("Finished at step %d: %s", result["step"], result["train"])
+    try:
+        if "pipeline" in _CONFIG.value:  # several stages in sequence (configs/demo.py)
+            results = train.run_pipeline(_CONFIG.value, _WORKDIR.value)
+            logging.info("Pipeline finished: %s", results)
+        else:
+            result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+            logging.info("Finished at step %d: %s", result["step"], result["train"])
+    except locks.WorkdirBusyError as e:  # a user error: one line, status 2
+        cli.usage_exit(str(e))
+    except checkpointing.CheckpointSaveError as e:  # the run stops; the message names the folder
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 def run() -> None:

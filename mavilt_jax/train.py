@@ -25,7 +25,7 @@ from clu import metric_writers, periodic_actions
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
-from mavilt_jax import checkpointing, sharding
+from mavilt_jax import checkpointing, locks, progress, sharding
 from mavilt_jax.stages import get_stage_class
 from mavilt_jax.stages.base import Stage, TrainState
 
@@ -109,6 +109,7 @@ def make_update_step(stage: Stage, state_shardings: Any, mesh: jax.sharding.Mesh
                    out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
 
+@locks.holding_workdir_lock
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) one stage in ``workdir``; returns what it measured.
 
@@ -116,7 +117,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ``history`` (measurements of every step run in this call, in order), ``train`` (means over
     the last logging window), ``eval`` (last validation measurements), ``state`` (the final,
     sharded `TrainState`).
+
+    A workdir that already finished ``config.total_steps`` (its ``result.json`` says so) is left as
+    it is: one line on the terminal, and the stored result comes back with ``history`` empty and
+    ``state`` None. Two runs cannot share a workdir: the second raises `locks.WorkdirBusyError`.
     """
+    if (finished := _finished_result(workdir, config.total_steps)) is not None:
+        progress.show(f"{workdir} already finished at step {finished['step']} (result.json); "
+                      "nothing to do, its outputs are left as they are")
+        return finished | {"history": [], "state": None}
     # ==== Setup ==================================================================================
     if config.get("disable_most_optimizations"):
         jax.config.update("jax_disable_most_optimizations", True)
@@ -253,6 +262,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             {k: v for k, v in result.items() if k != "history"} | {"first": history[0] if history else {}}, indent=2))
     result["state"] = state
     return result
+
+
+def _finished_result(workdir: str, total_steps: int) -> dict[str, Any] | None:
+    """The stored ``result.json`` of a run that reached ``total_steps`` with its checkpoint, else None."""
+    path = epath.Path(workdir) / "result.json"
+    try:
+        stored = json.loads(path.read_text())
+        step = int(stored["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no result yet, or an unreadable one: run (or resume) normally
+    if step < total_steps or not (epath.Path(workdir) / "checkpoints" / str(step)).is_dir():
+        return None
+    return stored
 
 
 def _fill_workdir(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:

@@ -25,6 +25,8 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mavilt_jax import locks
+
 Example = Mapping[str, Any]
 Preprocess = Callable[[Example, np.random.Generator], dict[str, np.ndarray]]
 EvalPreprocess = Callable[[Example], dict[str, np.ndarray]] | Preprocess
@@ -80,23 +82,32 @@ def load_source(
     full_name = f"{name}/{builder_config}" if builder_config else name
     builder = tfds.builder(full_name, data_dir=data_dir)
     if not builder.is_prepared():
-        if name in _SELF_GENERATING:
-            logging.info("Preparing %s in %s (first use).", full_name, builder.data_dir)
-            builder.download_and_prepare(file_format="array_record")
-        elif manual_dir is not None:
-            logging.info("Building %s from %s.", full_name, manual_dir)
-            builder.download_and_prepare(
-                file_format="array_record",
-                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
-            )
-        else:
+        if name not in _SELF_GENERATING and manual_dir is None:
             raise FileNotFoundError(
                 f"Dataset {full_name} is not prepared in {builder.data_dir}. Build it once from the local "
                 f"files: load_source({name!r}, {split!r}, builder_config={builder_config!r}, "
                 f"data_dir={data_dir!r}, manual_dir=<folder with the files>); the builder's "
                 "MANUAL_DOWNLOAD_INSTRUCTIONS describe the folder."
             )
+        # One build at a time: a second process waits, then reads what the first one built.
+        with locks.build_lock(builder.data_dir, full_name):
+            builder = tfds.builder(full_name, data_dir=data_dir)  # it may be prepared by now
+            if not builder.is_prepared():
+                _prepare(builder, full_name, manual_dir)
     return builder.as_data_source(split=split)
+
+
+def _prepare(builder: tfds.core.DatasetBuilder, full_name: str, manual_dir: str | None) -> None:
+    """Builds a dataset that is not prepared yet: generated, or read from ``manual_dir``."""
+    if manual_dir is None:
+        logging.info("Preparing %s in %s (first use).", full_name, builder.data_dir)
+        builder.download_and_prepare(file_format="array_record")
+    else:
+        logging.info("Building %s from %s.", full_name, manual_dir)
+        builder.download_and_prepare(
+            file_format="array_record",
+            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
+        )
 
 
 def _even_shard(ds: grain.MapDataset, shard_index: int, shard_count: int) -> grain.MapDataset:
