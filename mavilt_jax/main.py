@@ -11,6 +11,11 @@ from __future__ import annotations
 import os
 import sys
 
+# TensorFlow (read by TFDS for PNG decoding only) prints C++ INFO lines at import, among them the
+# oneDNN notice; the terminal is for the run's progress.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -37,6 +42,21 @@ def _want_distributed() -> bool:
     return in_slurm or on_tpu_pod
 
 
+def _log_to_file(workdir: str) -> None:
+    """Library logs (orbax, TFDS, JAX INFO) go to ``WORKDIR/main.INFO``; the terminal shows the
+    run's progress lines (`mavilt_jax.progress`) and errors. ``--alsologtostderr`` shows the logs too."""
+    os.makedirs(workdir, exist_ok=True)
+    logging.get_absl_handler().use_absl_log_file("main", workdir)
+    import logging as std_logging
+
+    std_logging.captureWarnings(True)  # library warnings (orbax, TFDS) to the log file as well
+    if not flags.FLAGS["stderrthreshold"].present:
+        flags.FLAGS.stderrthreshold = "error"
+    import tensorflow_datasets as tfds  # its dataset-build progress bars would fill the terminal
+
+    tfds.disable_progress_bar()
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.usage_exit(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -45,6 +65,7 @@ def main(argv: list[str]) -> None:
         prerequisites.check(_CONFIG.value, _WORKDIR.value, runlocal="runlocal" in variant.split(","))
     except prerequisites.MissingPrerequisite as e:
         cli.usage_exit(str(e))
+    _log_to_file(_WORKDIR.value)
     if _want_distributed():
         # CPU devices exchange collectives over gloo (no effect on TPU/GPU devices).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")

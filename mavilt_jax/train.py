@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 import flax.linen as nn
@@ -44,14 +45,19 @@ def check_finite(measurements: dict[str, Any], step: int) -> None:
 
 
 class _PreemptionNotice:
-    """Turns SIGTERM into a flag the loop polls, so it can save before the process ends."""
+    """Turns SIGTERM into a flag the loop polls, so it can save before the process ends.
+
+    Only with one process. With several, JAX's preemption notifier (set up by
+    ``jax.distributed.initialize``) takes SIGTERM sent to any of them and the processes agree on
+    one step to save at (``reached_preemption``); a Python handler would replace JAX's, and then
+    no process would stop."""
 
     def __init__(self):
         self.received = False
         self._previous = None
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
@@ -219,6 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     window: list[dict[str, np.ndarray]] = []
     result: dict[str, Any] = {"train": {}, "eval": {}, "preempted": False}
     logging.info("Training %s from step %d to %d.", config.stage, step, total_steps)
+    show_progress = progress.StepProgress(total_steps, start_step=step)
     with _PreemptionNotice() as notice, _finally(ckpt.close):
         while step < total_steps:
             with report_progress.timed("data", wait_jax_async_dispatch=False):
@@ -233,6 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             history.append({k: float(v) for k, v in measurements.items()})
             window.append(measurements)
             report_progress(step)
+            show_progress(step, history[-1])
 
             if step % config.log_every_steps == 0 or step == total_steps:
                 result["train"] = _mean(window)
@@ -292,12 +300,31 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, d
 
     ``{workdir}`` in any string of a step's config becomes ``workdir`` (so a step can name the
     folder of an earlier one). A finished step is resumed at its last step, i.e. skipped.
+    A step whose ``stage`` is "evaluation" evaluates an earlier step's model and writes its
+    results into ``workdir`` itself (`mavilt_jax.evaluation.pipeline_eval`). The wall time of
+    every step is shown at the end and kept in ``workdir/pipeline_timings.json``.
     """
-    results = {}
-    for name in config.order:
+    results, timings = {}, {}
+    start = time.time()
+    for i, name in enumerate(config.order):
         step_config = _fill_workdir(config.pipeline[name], workdir)
         logging.info("Pipeline step %s in %s/%s.", name, workdir, name)
-        result = train_and_evaluate(step_config, os.path.join(workdir, name))
-        results[name] = {k: v for k, v in result.items() if k not in ("state", "history")}
+        t0 = time.time()
+        with progress.context(f"[{i + 1}/{len(config.order)} {name}]"):
+            if step_config.stage == "evaluation":
+                from mavilt_jax.evaluation import pipeline_eval
+
+                filled = ml_collections.ConfigDict({k: _fill_workdir(config.pipeline[k], workdir) for k in config.order})
+                result = pipeline_eval.pipeline_step(step_config, filled, workdir)
+                results[name] = {"bars": result.get("bars", {})}
+            else:
+                result = train_and_evaluate(step_config, os.path.join(workdir, name))
+                results[name] = {k: v for k, v in result.items() if k not in ("state", "history")}
+        timings[name] = round(time.time() - t0, 1)
+        progress.show(f"[{i + 1}/{len(config.order)} {name}] done in {progress.format_duration(timings[name])}")
+    timings["total"] = round(time.time() - start, 1)
+    progress.show("pipeline finished: " + ", ".join(f"{k} {progress.format_duration(v)}" for k, v in timings.items()))
+    if jax.process_index() == 0:
+        (epath.Path(workdir) / "pipeline_timings.json").write_text(json.dumps(timings, indent=2))
     return results
 

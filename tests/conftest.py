@@ -29,3 +29,28 @@ def compile_fast():
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_main_job(tmp_path_factory) -> dict:
+    """The README's main job run once through its CLI at the smallest size
+    (``configs/demo.py:smoke``: every pipeline step, evaluation included), shared by the pytest-xdist
+    workers through a file lock. Returns ``{"workdir": Path, "stdout": str, "stderr": str}``."""
+    import json
+    import subprocess
+    import sys
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # shared by the xdist workers of this run
+    workdir, record = root / "tiny_main_job", root / "tiny_main_job.json"
+    with FileLock(str(root / "tiny_main_job.lock")):
+        if not record.exists():
+            proc = subprocess.run(
+                [sys.executable, "-m", "mavilt_jax.main", "--config=configs/demo.py:smoke", f"--workdir={workdir}"],
+                cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1500)
+            record.write_text(json.dumps({"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}))
+    run = json.loads(record.read_text())
+    if run["returncode"] != 0:
+        pytest.fail(f"the tiny main job failed (exit {run['returncode']}):\n{run['stderr'][-3000:]}")
+    return {"workdir": workdir, "stdout": run["stdout"], "stderr": run["stderr"]}
