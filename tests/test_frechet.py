@@ -83,8 +83,9 @@ def test_report_and_bad_input():
 
 
 def test_phi_features_fn_uses_the_encoder_embedding():
-    cxr_encoder = pytest.importorskip("mavilt_jax.models.cxr_encoder")
     import jax
+
+    from mavilt_jax.models import cxr_encoder
 
     model = cxr_encoder.CxrEncoder(cxr_encoder.CxrEncoderConfig(arch="plain", widths=(4, 8)))
     images = np.random.default_rng(0).integers(0, 256, size=(4, 16, 16), dtype=np.uint8)

@@ -20,9 +20,10 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module", autouse=True)
 def fast_compile():
+    previous = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
     yield
-    jax.config.update("jax_disable_most_optimizations", False)
+    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def _random_params(config, seed=0):

@@ -20,9 +20,10 @@ WIDTH = 32  # reference buffer: prompt + generated tokens, right-padded (causal,
 @pytest.fixture(scope="module", autouse=True)
 def fast_compile():
     # Tiny models: compile time dominates, and XLA's optimisations do not change these numerics.
+    previous = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
     yield
-    jax.config.update("jax_disable_most_optimizations", False)
+    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 @pytest.fixture(scope="module")

@@ -180,7 +180,8 @@ def test_codebook_rule_preserves_codebook_geometry(vocab):
 
 def test_extended_llm_keeps_text_logits():
     """Extending a real decoder changes none of the logits over the pretrained vocabulary."""
-    llm = pytest.importorskip("mavilt_jax.models.llm")
+    from mavilt_jax.models import llm
+
     v0 = 40
     config = llm.LLMConfig(vocab_size=v0, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
                            num_kv_heads=1, head_dim=8)

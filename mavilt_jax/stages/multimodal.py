@@ -81,8 +81,11 @@ class Stage1(lm.LMStage):
         cfg = self.config
         if cfg.tokenizer_checkpoint:
             self.vq_config, self._vq_params = vqgan.load_vqgan(cfg.tokenizer_checkpoint)
-        else:  # tests only: a random VQ-GAN of the configured shape
+        elif cfg.vqgan.get("allow_random", False):  # tests, compile checks: a random VQ-GAN of the configured shape
             self.vq_config, self._vq_params = vqgan.vqgan_config(cfg.vqgan.model), None
+        else:
+            raise ValueError(f"{cfg.stage} needs a trained VQ-GAN: tokenizer_checkpoint (variant tokenizer=DIR, a "
+                             "vqgan training workdir) is empty; vqgan.allow_random=True trains on a random one (tests)")
         self.vqgan = vqgan.VQGAN(self.vq_config)
         codebook, n = self.vq_config.codebook_size, self.vq_config.codes_per_image
         saved = epath.Path(workdir) / lm.VOCAB_DIR
