@@ -13,11 +13,11 @@ ends, however it ends (SIGKILL included), so a crashed run never leaves a stale 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 from collections.abc import Callable, Iterator
-import contextlib
 from typing import Any, TypeVar
 
 import filelock

@@ -16,9 +16,9 @@ import time
 import flax.linen as nn
 import numpy as np
 import pytest
+from test_train_loop import ToyStage, toy_config
 
 from mavilt_jax import checkpointing, locks, train
-from test_train_loop import ToyStage, toy_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -89,8 +89,9 @@ def test_two_processes_preparing_one_dataset_take_turns(tmp_path):
     script = ("import sys\nfrom mavilt_jax.data import pipeline\n"
               "src = pipeline.load_source('synthetic_cxr', 'train', data_dir=sys.argv[1], builder_config='r32_tiny')\n"
               "print('EXAMPLES', len(src), sorted(src[i]['study_id'] for i in range(len(src)))[:3])\n")
-    from mavilt_jax.data import pipeline
     import tensorflow_datasets as tfds
+
+    from mavilt_jax.data import pipeline
 
     pipeline._register_builders()
     target = tfds.builder("synthetic_cxr/r32_tiny", data_dir=str(data_dir)).data_dir

@@ -18,12 +18,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
-from absl import flags
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import flags
 
 from mavilt_jax import locks
 
