@@ -35,7 +35,7 @@ def compile_fast():
 def tiny_main_job(tmp_path_factory) -> dict:
     """The README's main job run once through its CLI at the smallest size
     (``configs/demo.py:smoke``: every pipeline step, evaluation included), shared by the pytest-xdist
-    workers through a file lock. Returns ``{"workdir": Path, "stdout": str, "stderr": str}``."""
+    workers through a file lock. Returns ``{"workdir": Path, "stdout": str, "stderr": str, "argv": list}``."""
     import json
     import subprocess
     import sys
@@ -44,13 +44,14 @@ def tiny_main_job(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.getbasetemp().parent  # shared by the xdist workers of this run
     workdir, record = root / "tiny_main_job", root / "tiny_main_job.json"
+    argv = ["-m", "mavilt_jax.main", "--config=configs/demo.py:smoke", f"--workdir={workdir}"]
     with FileLock(str(root / "tiny_main_job.lock")):
         if not record.exists():
-            proc = subprocess.run(
-                [sys.executable, "-m", "mavilt_jax.main", "--config=configs/demo.py:smoke", f"--workdir={workdir}"],
-                cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1500)
+            proc = subprocess.run([sys.executable, *argv], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                  timeout=1500)
             record.write_text(json.dumps({"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}))
     run = json.loads(record.read_text())
     if run["returncode"] != 0:
         pytest.fail(f"the tiny main job failed (exit {run['returncode']}):\n{run['stderr'][-3000:]}")
-    return {"workdir": workdir, "stdout": run["stdout"], "stderr": run["stderr"]}
+    # argv: the command as run (after "python"), so that the README test can compare it with the README's.
+    return {"workdir": workdir, "stdout": run["stdout"], "stderr": run["stderr"], "argv": argv}
