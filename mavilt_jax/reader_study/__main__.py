@@ -7,10 +7,12 @@ import signal
 import sqlite3
 import sys
 
+from mavilt_jax import cli
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mavilt_jax.reader_study",
-                                     description="A blinded reader study of generated reports and images (Table V).")
+    parser = cli.ArgumentParser(prog="python -m mavilt_jax.reader_study",
+                                description="A blinded reader study of generated reports and images (Table V).")
     sub = parser.add_subparsers(dest="command", required=True)
     create = sub.add_parser("create", help="sample blinded cases from prediction files into a study folder")
     create.add_argument("--predictions", nargs="+", required=True, help="prediction JSONL files, one per system")
@@ -19,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--studies", type=int, default=30, help="studies sampled per case kind")
     create.add_argument("--duplicates", type=int, default=0, help="cases shown twice (intra-reader consistency)")
     create.add_argument("--kinds", nargs="+", default=["report", "image"], help="case kinds: report, image")
-    create.add_argument("--seed", type=int, default=0)
+    create.add_argument("--seed", type=int, default=0, help="seed of the case sampling and order")
     create.add_argument("--image_size", type=int, default=512, help="images are scaled to this longer side")
     serve = sub.add_parser("serve", help="serve the rating page")
     serve.add_argument("study", help="the study folder")
