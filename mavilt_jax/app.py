@@ -13,6 +13,7 @@ Unusable inputs (not an image, an empty report, ...) show as error messages in t
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
@@ -31,7 +32,7 @@ def build_app(model: Any) -> Any:
     from mavilt_jax import inference
 
     def user_error(e: Exception) -> Exception:
-        return gr.Error(str(e), print_exception=False)
+        return gr.Error(str(e), duration=None, print_exception=False)  # stays until closed
 
     def write_report(path: str | None, decoding: str, seed: float):
         if not path:
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--allow_unfinished", action="store_true")
     args = parser.parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's read-only restore notes are not for the user
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no telemetry calls
     try:
         import gradio  # noqa: F401

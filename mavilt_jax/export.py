@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import pathlib
 import shutil
 import sys
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="cast parameters (default: as trained)")
     parser.add_argument("--allow_unfinished", action="store_true", help="export the last checkpoint of an unfinished run")
     args = parser.parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's read-only restore notes are not for the user
     from mavilt_jax import inference
 
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import pathlib
 import sys
 from typing import Any
@@ -185,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's read-only restore notes are not for the user
     from mavilt_jax import inference
 
     try:
