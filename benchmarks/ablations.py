@@ -16,27 +16,33 @@ step (same test split, judge, controls):
   no_anchor             stage 1 and 2 without the weight anchor of Eq. 11 (``reg=0``)
 
 ``--only a,b`` runs a subset; ``--steps N`` shortens every training step (a smoke run, not a
-result). A finished ablation is skipped on a rerun (the pipeline resumes), so the command can be
+result); ``--smoke`` runs the main job's smoke variant (over a ``configs/demo.py:smoke`` base).
+A finished ablation is skipped on a rerun (the pipeline resumes), so the command can be
 continued after an interruption. Prints the table and writes ``--out/ablations.json`` and
 ``--out/ablations.md``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
 
 import ml_collections
 
+from mavilt_jax import cli
+
 ABLATIONS = ("no_clinical_loss", "fixed_instructions", "no_stage1", "no_recon", "no_anchor")
 
 
 def ablation_config(name: str, base: str, steps: int | None = None, model: str = "cpu",
-                    long: bool = False) -> ml_collections.ConfigDict:
-    """The main job's pipeline with ablation ``name``; steps it shares with the full method point at ``base``."""
+                    long: bool = False, smoke: bool = False) -> ml_collections.ConfigDict:
+    """The main job's pipeline with ablation ``name``; steps it shares with the full method point at ``base``.
+    ``smoke``: as the main job's smoke variant (3 steps, the tiny LLM, 8 test studies, fast evaluation)."""
     from configs import demo, stage1, stage2, vqgan
+
+    if smoke:
+        steps, model = steps or 3, "tiny"
 
     full = demo.config(steps=steps, model=model, long=long)
     p = full.pipeline
@@ -60,7 +66,7 @@ def ablation_config(name: str, base: str, steps: int | None = None, model: str =
                                         **{"text_checkpoint": text})
     else:
         raise ValueError(f"unknown ablation {name!r}; known: {', '.join(ABLATIONS)}")
-    pipeline.evaluation = demo.evaluation_config()
+    pipeline.evaluation = demo.evaluation_config(max_studies=8 if smoke else 0, fast=smoke)
     pipeline.evaluation.judge = f"{base}/judge"
     config = ml_collections.ConfigDict()
     config.stage = "pipeline"
@@ -92,14 +98,14 @@ def render(rows: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m benchmarks.ablations", description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="a finished main job's workdir (the full method)")
     parser.add_argument("--out", required=True, help="folder of the ablation runs")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(ABLATIONS)}")
     parser.add_argument("--steps", type=int, default=None, help="every training step's length (smoke runs)")
     parser.add_argument("--model", default="cpu", help="LLM size, as the main job's model= variant")
     parser.add_argument("--long", action="store_true", help="the main job's long variant")
+    parser.add_argument("--smoke", action="store_true", help="the main job's smoke variant (tiny, 3 steps, 8 studies)")
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(ABLATIONS)
     unknown = sorted(set(names) - set(ABLATIONS))
@@ -117,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         workdir = out / name
         with progress.context(f"[ablation {name}]"):
-            train.run_pipeline(ablation_config(name, str(base), args.steps, args.model, args.long), str(workdir))
+            train.run_pipeline(ablation_config(name, str(base), args.steps, args.model, args.long, args.smoke), str(workdir))
         rows[name] = summary_row(json.loads((workdir / "results.json").read_text()))
     table = render(rows)
     (out / "ablations.json").write_text(json.dumps(rows, indent=2))

@@ -27,6 +27,8 @@ import platform
 import sys
 import time
 
+from mavilt_jax import cli
+
 SECTIONS = ("limits", "train", "stage1", "decode", "vqgan", "pretokenize")
 DECODE_VARIANTS = ("f32", "bf16", "int8")
 # Nominal dense bf16 peaks (FLOP/s) of accelerators, for MFU; CPUs use the measured matmul peak.
@@ -47,7 +49,7 @@ def _fmt_extra(extra: dict) -> str:
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=None, help="write the figures here as JSON")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per figure (median)")

@@ -140,8 +140,8 @@ def absl_flags_parser(anchor: str, doc: str | None, config_flag: str | None = "c
 
 # ==== argparse ===================================================================================
 
-class _OneLineFormatter(argparse.HelpFormatter):
-    """Every option on one line: no wrapping of the help text."""
+class _OneLineFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option on one line: no wrapping of the help text (the description as written)."""
 
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=10_000, width=10_000)  # help beside the longest flag
