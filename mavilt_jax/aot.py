@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -274,7 +275,10 @@ def format_report(r: Report) -> str:
 
 def verdict(r: Report) -> str:
     if r.error:
-        return f"{r.program}: DOES NOT FIT (the compiler refused: {r.error})"
+        # XLA: "... required for HLO temporaries (124.59G) exceeds available HBM (95.74G)."
+        sizes = re.search(r"\(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)", r.error)
+        over = f", {float(sizes[1]) - float(sizes[2]):.2f} GiB over" if sizes else ""
+        return f"{r.program}: DOES NOT FIT{over} (the compiler refused: {r.error})"
     m, hbm = r.memory["used"], r.hbm_bytes
     if m <= hbm:
         return f"{r.program}: fits, {m / GIB:.2f} of {hbm / GIB:.2f} GiB per chip ({(hbm - m) / GIB:.2f} GiB free)"
