@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from mavilt_jax.data.vocab import VocabLayout
+from mavilt_jax.models.int8 import quantize_int8
 from mavilt_jax.models.llm import Decoder, KVCache, LLMConfig, init_cache
 
 Array = jax.Array
@@ -87,6 +88,30 @@ class BeamSearchOutput:
     tokens: Array
     lengths: Array
     scores: Array
+
+
+# ---- inference precision ------------------------------------------------------------------------
+
+PRECISIONS = ("f32", "bf16", "int8")
+
+
+def inference_params(config: LLMConfig, params, precision: str = "f32") -> tuple[LLMConfig, dict]:
+    """(config, params) for decoding at ``precision``; the decode step streams every weight once
+    per token, so fewer weight bytes mean faster decoding at small batch.
+
+    "f32": as given. "bf16": bf16 weights, activations and KV cache (half the bytes; logits are
+    float32 at the end). "int8": weight-only int8 matmul kernels and embedding rows with
+    per-channel scales (`int8.quantize_int8`, a quarter of the bytes), float32 activations and cache.
+    Quality is checked in tests/test_inference_precision.py and by ``python -m benchmarks.run --only decode``.
+    """
+    if precision == "f32":
+        return config, params
+    if precision == "bf16":
+        cfg = dataclasses.replace(config, dtype="bfloat16", param_dtype="bfloat16")
+        return cfg, jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), params)
+    if precision == "int8":
+        return dataclasses.replace(config, weight_quant="int8"), quantize_int8(params)
+    raise ValueError(f"precision={precision!r}; expected one of {PRECISIONS}")
 
 
 # ---- masks and positions for left-padded prompts -----------------------------------------------
@@ -201,7 +226,8 @@ def _prefill(params, prompt_tokens, prompt_lengths, cache_len: int, config: LLMC
     R, P = prompt_tokens.shape
     positions, mask, pad = prompt_positions_and_mask(prompt_lengths, P, cache_len)
     cache = init_cache(config, R, cache_len, jnp.dtype(config.dtype))
-    logits, cache = Decoder(config).apply({"params": params}, prompt_tokens, positions, attention_mask=mask, cache=cache)
+    logits, cache = Decoder(config).apply({"params": params}, prompt_tokens, positions, attention_mask=mask, cache=cache,
+                                          last_logits_only=True)
     return logits[:, -1], cache, pad, positions[:, -1]
 
 

@@ -17,6 +17,8 @@ Parameter tree (``layers_{i}`` per layer, or one ``layers`` with a leading L axi
   layers_i/attn/{q_proj [D, N, H], k_proj [D, K, H], v_proj [D, K, H]}/kernel (+ bias [N|K, H]);
   layers_i/attn/o_proj/kernel [N, H, D];
   layers_i/mlp/{gate_proj, up_proj}/kernel [D, F]; layers_i/mlp/down_proj/kernel [F, D].
+  With weight_quant="int8" (decoding, models/int8.py) every kernel is int8 beside a float32
+  "kernel_scale" of its output shape, and the table is int8 beside "embedding_scale" [V].
 
 Logical axis names, for the rule table that maps them to mesh axes:
   parameters:  "vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "layers" (scanned only)
@@ -36,6 +38,8 @@ from flax.linen.dtypes import promote_dtype
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mavilt_jax.models.int8 import Int8Embed
 
 Array = jax.Array
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite, so fully masked rows give no NaN
@@ -82,12 +86,16 @@ class LLMConfig:
     scan_layers: bool = False
     remat: str = "none"  # "none" | "full" | "dots" | "dots_with_no_batch_dims"
     attention_impl: str = "xla"  # "xla" | "dot_product_attention"
+    # "int8": weight-only int8 matmul kernels with per-output-channel scales (inference; models/int8.py).
+    weight_quant: str = "none"
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         if self.remat not in _REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; expected one of {sorted(_REMAT_POLICIES)}")
+        if self.weight_quant not in ("none", "int8"):
+            raise ValueError(f"weight_quant={self.weight_quant!r}; expected 'none' or 'int8'")
         if self.attention_impl not in ("xla", "dot_product_attention"):
             raise ValueError(f"attention_impl={self.attention_impl!r}; expected 'xla' or 'dot_product_attention'")
         if self.rope_type not in ("default", "linear", "dynamic", "llama3"):
@@ -187,10 +195,6 @@ def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
 # ---- modules ---------------------------------------------------------------------------------
 
 
-def _dense_init(names: tuple[str, ...]):
-    return nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), names)
-
-
 class Projection(nn.Module):
     """``nn.DenseGeneral`` with its kernel and bias created at their full N-D shape.
 
@@ -206,6 +210,7 @@ class Projection(nn.Module):
     bias_axes: tuple[str, ...] | None
     dtype: Any
     param_dtype: Any
+    int8: bool = False  # kernel int8 + "kernel_scale" [features] (see models/int8.py)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -217,7 +222,14 @@ class Projection(nn.Module):
             return jnp.reshape(nn.initializers.normal(stddev=0.02)(rng, flat, dtype), shape)
 
         kernel_init = nn.with_logical_partitioning(flat_normal, self.kernel_axes)
-        kernel = self.param("kernel", kernel_init, kernel_shape, self.param_dtype)
+        scale = None
+        if self.int8:
+            kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.zeros, self.kernel_axes),
+                                kernel_shape, jnp.int8)
+            scale = self.param("kernel_scale", nn.with_logical_partitioning(
+                nn.initializers.ones, self.kernel_axes[self.n_in:]), tuple(self.features), jnp.float32)
+        else:
+            kernel = self.param("kernel", kernel_init, kernel_shape, self.param_dtype)
         bias = None
         if self.bias_axes is not None:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.bias_axes),
@@ -225,6 +237,8 @@ class Projection(nn.Module):
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
         contract = tuple(range(x.ndim - self.n_in, x.ndim))
         out = jax.lax.dot_general(x, kernel, ((contract, tuple(range(self.n_in))), ((), ())))
+        if scale is not None:  # the int8 kernel's per-output-channel scale, applied after the product
+            out = out * scale.astype(out.dtype)
         return out if bias is None else out + bias
 
 
@@ -251,11 +265,12 @@ class Attention(nn.Module):
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        int8 = cfg.weight_quant == "int8"
 
         def proj(name, heads, head_axis):
             return Projection(
                 (heads, H), 1, ("embed", head_axis, "head_dim"),
-                (head_axis, "head_dim") if cfg.attention_bias else None, dtype, pdtype, name=name,
+                (head_axis, "head_dim") if cfg.attention_bias else None, dtype, pdtype, int8, name=name,
             )(x)
 
         q = proj("q_proj", N, "heads")  # [B, T, N, H]
@@ -291,7 +306,7 @@ class Attention(nn.Module):
             probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
             out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(B, T, N, H)  # [B, T, N, H]
 
-        o_proj = Projection((x.shape[-1],), 2, ("heads", "head_dim", "embed"), None, dtype, pdtype, name="o_proj")
+        o_proj = Projection((x.shape[-1],), 2, ("heads", "head_dim", "embed"), None, dtype, pdtype, int8, name="o_proj")
         out = o_proj(out)  # [B, T, D]
         return out, new_kv
 
@@ -305,8 +320,9 @@ class MLP(nn.Module):
     def __call__(self, x: Array) -> Array:
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        dense = lambda feats, names, name: nn.Dense(  # noqa: E731
-            feats, use_bias=False, dtype=dtype, param_dtype=pdtype, kernel_init=_dense_init(names), name=name)
+        int8 = cfg.weight_quant == "int8"
+        dense = lambda feats, names, name: Projection(  # noqa: E731 (same kernel, name and init as nn.Dense)
+            (feats,), 1, names, None, dtype, pdtype, int8, name=name)
         gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x)  # [B, T, F]
         up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x)  # [B, T, F]
         h = constrain(nn.silu(gate) * up, ("act_batch", "act_len", "act_mlp"))
@@ -337,7 +353,8 @@ class Decoder(nn.Module):
     config: LLMConfig
 
     @nn.compact
-    def __call__(self, tokens: Array, positions: Array, attention_mask: Array | None = None, cache: KVCache | None = None):
+    def __call__(self, tokens: Array, positions: Array, attention_mask: Array | None = None, cache: KVCache | None = None,
+                 last_logits_only: bool = False):
         """Runs the decoder.
 
         Args:
@@ -347,9 +364,11 @@ class Decoder(nn.Module):
             S = cache slots with one. None means causal over this call's tokens (and, with a cache,
             every slot written before them).
           cache: a `KVCache` or None; this call's keys/values go to slots [end_index, end_index + T).
+          last_logits_only: logits of the last position only ([B, 1, V]): a prefill needs no more,
+            and the output projection over a whole prompt costs as much as many decode steps.
 
         Returns:
-          (logits [B, T, V] float32, the updated cache or None).
+          (logits [B, T, V] float32 (T = 1 with last_logits_only), the updated cache or None).
         """
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -362,7 +381,8 @@ class Decoder(nn.Module):
                 attention_mask = (slots[None, :] <= cache.end_index + jnp.arange(T)[:, None])[None]  # [1, T, S]
         attention_mask = jnp.broadcast_to(attention_mask, (tokens.shape[0],) + attention_mask.shape[1:])
 
-        embed = nn.Embed(
+        embed_cls = Int8Embed if cfg.weight_quant == "int8" else nn.Embed
+        embed = embed_cls(
             cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=pdtype, name="embed",
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("vocab", "embed")),
         )
@@ -383,23 +403,23 @@ class Decoder(nn.Module):
             )(cfg, name="layers")
             x, new_kv = stack(x, positions, attention_mask, cache_index, kv)
         else:
-            new_k, new_v = [], []
+            keys, values = (None, None) if cache is None else (cache.keys, cache.values)
             for i in range(cfg.num_layers):
-                kv = None if cache is None else (cache.keys[i], cache.values[i])
+                kv = None if cache is None else (keys[i], values[i])
                 x, layer_kv = layer_cls(cfg, name=f"layers_{i}")(x, positions, attention_mask, cache_index, kv)
-                if layer_kv is not None:
-                    new_k.append(layer_kv[0])
-                    new_v.append(layer_kv[1])
-            new_kv = None if cache is None else (jnp.stack(new_k), jnp.stack(new_v))
+                if layer_kv is not None:  # written back in place (a stack would copy the whole cache per call)
+                    keys = jax.lax.dynamic_update_index_in_dim(keys, layer_kv[0], i, 0)
+                    values = jax.lax.dynamic_update_index_in_dim(values, layer_kv[1], i, 0)
+            new_kv = None if cache is None else (keys, values)
 
+        if last_logits_only:
+            x = x[:, -1:]
         x = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="final_norm")(x)
         if cfg.tie_embeddings:
             logits = embed.attend(x)  # [B, T, V]
         else:
-            logits = nn.Dense(
-                cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=pdtype, name="lm_head",
-                kernel_init=_dense_init(("embed", "vocab")),
-            )(x)  # [B, T, V]
+            logits = Projection((cfg.vocab_size,), 1, ("embed", "vocab"), None, dtype, pdtype,
+                                cfg.weight_quant == "int8", name="lm_head")(x)  # [B, T, V]
         logits = constrain(logits.astype(jnp.float32), ("act_batch", "act_len", "act_vocab"))
         new_cache = None if cache is None else KVCache(keys=new_kv[0], values=new_kv[1], end_index=cache.end_index + T)
         return logits, new_cache
