@@ -86,3 +86,18 @@ def test_render_card_names_controls_and_ceilings():
                                       "control_shuffled_image": row, "bars": {}, "guidance_sweep": {}})
     assert "control: constant report" in card and "control: shuffled image" in card
     assert "0.500 [0.400, 0.600]" in card
+
+
+def test_memoized_features_compute_each_batch_once():
+    calls = []
+
+    def features(images):
+        calls.append(images.shape)
+        return images.reshape(len(images), -1).mean(axis=1, keepdims=True)
+
+    fn = pipeline_eval.memoized(features)
+    a, b = np.zeros((2, 4, 4), np.uint8), np.ones((2, 4, 4), np.uint8)
+    np.testing.assert_array_equal(fn(a), features(a))
+    fn(a)
+    np.testing.assert_array_equal(fn(b), [[1.0], [1.0]])
+    assert len(calls) == 3  # a (wrapped), a (direct reference above), b; the second fn(a) was remembered

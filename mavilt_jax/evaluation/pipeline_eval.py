@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
 import pathlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import ml_collections
 import numpy as np
@@ -61,6 +62,20 @@ def _get(tree: Mapping, path: Sequence[str]) -> Mapping | None:
             return None
         tree = tree[key]
     return tree if isinstance(tree, Mapping) else None
+
+
+def memoized(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """``fn`` over image batches, computed once per distinct batch (keyed by its bytes)."""
+    cache: dict[str, np.ndarray] = {}
+
+    def wrapped(images: np.ndarray) -> np.ndarray:
+        images = np.ascontiguousarray(images)
+        key = hashlib.sha1(images.tobytes() + str(images.shape).encode()).hexdigest()
+        if key not in cache:
+            cache[key] = np.asarray(fn(images))
+        return cache[key]
+
+    return wrapped
 
 
 def derangement(n: int, seed: int) -> np.ndarray:
@@ -143,7 +158,14 @@ def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.Con
     progress(f"evaluation: {n} {ec.split} studies; judge {ec.judge}")
 
     features_fns, classifier_fn = conditional.classifier_scorers(ec.judge)
-    scorers = {"features_fns": {"judge": features_fns["phi"]}, "classifier_fn": classifier_fn}
+    features_fns = {"judge": features_fns["phi"]}
+    if "inception" in cfg.fid_extractors:
+        from mavilt_jax.evaluation.inception import inception_features
+
+        features_fns["inception"] = inception_features
+    # The real test images are scored again for every row and guidance scale: remember them.
+    scorers = {"features_fns": {k: memoized(fn) for k, fn in features_fns.items()},
+               "classifier_fn": memoized(classifier_fn)}
 
     # ---- the model -------------------------------------------------------------------------------
     records = generate.predict(generator, examples, pred_dir, progress=lambda d, t: progress(
