@@ -55,7 +55,8 @@ def test_user_errors_exit_2_with_one_line(args, message):
 
 
 @needs_libtpu
-@pytest.mark.skip(reason="pending: first compile of the smollm2 step on this shared CPU not finished yet")
+@pytest.mark.skip(reason="not yet seen to pass: the step's compile takes minutes of CPU (XLA's TPU backend on the "
+                         "256 px VQ-GAN convolutions); run python -m mavilt_jax.aot --config=configs/accelerators.py:name=smollm2")
 def test_smallest_named_config_compiles_and_fits_on_its_slice():
     config = accelerators.config(name="smollm2")
     tpu = tpu_topologies.parse(config.aot.topology)
