@@ -69,8 +69,8 @@ def build_app(model: Any) -> Any:
         with gr.Row():
             upload = gr.File(label="Radiograph (PNG, JPEG or DICOM)", file_types=[".png", ".jpg", ".jpeg", ".dcm", ".dicom"],
                              type="filepath", elem_id="upload")
-            seen = gr.Image(label="Input as the model reads it", type="numpy", interactive=False, elem_id="seen")
-            recon = gr.Image(label="VQ-GAN reconstruction (what the LLM sees)", type="numpy", interactive=False,
+            seen = gr.Image(label="Input as the model reads it", type="numpy", interactive=False, height=256, elem_id="seen")
+            recon = gr.Image(label="VQ-GAN reconstruction (what the LLM sees)", type="numpy", interactive=False, height=256,
                              elem_id="recon")
         with gr.Row():
             decoding = gr.Radio(["greedy", "beam", "sample"], value="greedy", label="Decoding")

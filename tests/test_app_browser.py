@@ -1,0 +1,89 @@
+"""The web app (`python -m mavilt_jax.app`) in a real headless browser: Debian's chromium driven by
+playwright (helpers in tests/browser.py). Load the page, upload a DICOM, wait for the report (it
+must be the API's report), see the input and its VQ-GAN reconstruction, ask a question (the API's
+answer and P(yes)), generate an image, and see a bad upload reported as a message in the page.
+
+Skips without gradio (the ``app`` extra), playwright or chromium, naming what is missing.
+Set APP_SCREENSHOT=path.png to keep a screenshot of the page after the report.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+pytest.importorskip("gradio", reason="gradio is not installed (pip install -e .[app])")
+from browser import launch_chromium  # noqa: E402
+
+import mavilt_jax  # noqa: E402
+from mavilt_jax import app  # noqa: E402
+
+TIMEOUT_MS = 600_000  # the first call compiles the sampler; the CI machine is small
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(request, tmp_path_factory):
+    given = os.environ.get("MAVILT_TEST_WORKDIR")
+    workdir = given or request.getfixturevalue("tiny_main_job")["workdir"]
+    model = mavilt_jax.load(workdir)
+    page = app.build_app(model)
+    port = _free_port()
+    page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield model, f"http://127.0.0.1:{port}/"
+    finally:
+        page.close()
+
+
+def test_app_in_a_browser(served, tmp_path):
+    from test_image_io import write_dicom
+
+    model, url = served
+    film = np.clip(np.add.outer(np.arange(80), np.arange(80)) * 1.6, 0, 255).astype(np.uint8)
+    write_dicom(tmp_path / "film.dcm", 255 - film, photometric="MONOCHROME1")
+    (tmp_path / "notes.png").write_text("not an image")
+    question = "Is there a pleural effusion?"
+    expected_report = model.report(tmp_path / "film.dcm")
+    expected_answer = model.answer(tmp_path / "film.dcm", question)
+
+    with launch_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        page.wait_for_selector("#report_button")
+        page.set_input_files("#upload input[type=file]", str(tmp_path / "film.dcm"))
+        page.wait_for_selector("#upload >> text=film.dcm")
+        page.click("#report_button")
+        page.wait_for_function("document.querySelector('#report_out textarea').value.length > 0", timeout=TIMEOUT_MS)
+        assert page.input_value("#report_out textarea") == expected_report
+        page.wait_for_selector("#seen img")
+        page.wait_for_selector("#recon img")
+        if os.environ.get("APP_SCREENSHOT"):
+            page.screenshot(path=os.environ["APP_SCREENSHOT"], full_page=True)
+
+        page.fill("#question textarea", question)
+        page.click("#ask_button")
+        page.wait_for_function("document.querySelector('#p_yes_out textarea').value.length > 0", timeout=TIMEOUT_MS)
+        assert page.input_value("#answer_out textarea") == expected_answer.text
+        assert page.input_value("#p_yes_out textarea") == f"{expected_answer.p_yes:.3f}"
+
+        page.click("#image_button")
+        page.wait_for_selector("#gallery img", timeout=TIMEOUT_MS)
+
+        # a file that is not an image (on a fresh page): the message shows in the page
+        page.goto(url)
+        page.wait_for_selector("#report_button")
+        page.set_input_files("#upload input[type=file]", str(tmp_path / "notes.png"))
+        page.wait_for_selector("#upload >> text=notes.png")
+        page.click("#report_button")
+        page.wait_for_selector("text=not a readable PNG, JPEG or DICOM image", timeout=TIMEOUT_MS)
