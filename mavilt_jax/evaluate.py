@@ -15,6 +15,8 @@ conditional correctness judged by phi. Written to ``--workdir``:
                    that others can re-score them;
   image_grid.png   real vs generated images for the same reports (when both are given).
 Options come from ``--config`` (its ``evaluation`` field, if any) and are overridden by flags.
+A workdir that already holds a results.json is refused unless ``--overwrite`` is given. Generated
+predictions are appended batch by batch, so an interrupted run resumes after the studies written.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ _MAX_STUDIES = flags.DEFINE_integer("max_studies", 0, "Generate for the first N 
 _GUIDANCE = flags.DEFINE_float("guidance_scale", 1.0, "Classifier-free guidance scale for report -> image (1: none).")
 _MAX_TOKENS = flags.DEFINE_integer("max_report_tokens", 128, "Decode steps of a generated report.")
 _METHOD = flags.DEFINE_string("method", "MAViLT (this run)", "Row label of the report card's tables.")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace the results.json of an earlier evaluation in --workdir.")
 flags.mark_flags_as_required(["workdir"])
 
 _FLAG_FIELDS = {"resamples": _RESAMPLES, "nlg_resamples": _NLG_RESAMPLES, "fid_resamples": _FID_RESAMPLES,
@@ -76,13 +79,24 @@ def eval_config():
     return suite.EvalConfig(**values)
 
 
+def refuse_overwrite(workdir: str | pathlib.Path) -> None:
+    """Raises FileExistsError when ``workdir`` holds the results.json of an earlier evaluation."""
+    path = pathlib.Path(workdir) / "results.json"
+    if path.exists():
+        raise FileExistsError(f"{path} exists (an earlier evaluation); pass --overwrite to replace it, "
+                              "or choose another --workdir")
+
+
 def evaluate(predictions: str | pathlib.Path, workdir: str | pathlib.Path, cfg, method: str = "MAViLT (this run)",
-             **score_kwargs) -> dict:
+             overwrite: bool = False, **score_kwargs) -> dict:
     """Scores ``predictions`` with ``cfg`` (a ``suite.EvalConfig``) and writes the outputs to
     ``workdir``; ``score_kwargs`` go to ``suite.score_records`` (features_fns, classifier_fn).
-    Returns the results."""
+    Returns the results. An earlier results.json in ``workdir`` is replaced only with
+    ``overwrite`` (else FileExistsError)."""
     from mavilt_jax.evaluation import report_card, suite
 
+    if not overwrite:
+        refuse_overwrite(workdir)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     record_set = records_lib.read_records(predictions)
@@ -117,17 +131,29 @@ def phi_scorers(phi_checkpoint: str) -> tuple[dict, object]:
 
 def generate_predictions(config, checkpoint: str, out_dir: pathlib.Path, split: str, max_studies: int,
                          gen_cfg) -> pathlib.Path:
-    """Generates for ``split`` with the checkpoint; returns the predictions JSONL it wrote."""
+    """Generates for ``split`` with the checkpoint; returns the predictions JSONL it wrote.
+
+    Records are appended batch by batch; an interrupted run with the same settings (kept in
+    ``generation.json`` beside them) resumes after the studies already written."""
     from mavilt_jax.evaluation import generate
 
+    path = out_dir / "predictions.jsonl"
+    settings = {"checkpoint": str(pathlib.Path(checkpoint).absolute()), "split": split, "max_studies": max_studies,
+                "generation": dataclasses.asdict(gen_cfg)}
+    settings_path = out_dir / "generation.json"
+    if path.exists():
+        earlier = json.loads(settings_path.read_text()) if settings_path.exists() else None
+        if earlier != settings:
+            raise ValueError(f"{path} holds predictions made with other settings ({settings_path}); "
+                             "remove that folder or choose another --workdir")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings_path.write_text(json.dumps(settings, indent=2))
     generator = generate.load_generator(config, checkpoint, gen_cfg)
     examples = generate.split_examples(generator, config, split, max_studies)
     if not examples:
         raise ValueError(f"split {split!r} has no studies")
-    records = generate.predict(generator, examples, out_dir)
-    path = out_dir / "predictions.jsonl"
-    records_lib.write_records(path, records)
-    logging.info("Generated %d records for %d %s studies -> %s", len(records), len(examples), split, path)
+    records = generate.predict(generator, examples, out_dir, records_path=path)
+    logging.info("Predictions: %d records for %d %s studies -> %s", len(records), len(examples), split, path)
     return path
 
 
@@ -135,6 +161,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.usage_exit(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
+        if not _OVERWRITE.value:  # before any work: an earlier evaluation's results stay
+            refuse_overwrite(_WORKDIR.value)
         cfg = eval_config()
         score_kwargs = {}
         if _PHI.value:
@@ -155,8 +183,8 @@ def main(argv: list[str]) -> None:
             predictions = generate_predictions(_CONFIG.value, _CHECKPOINT.value or _WORKDIR.value,
                                                pathlib.Path(_WORKDIR.value) / "predictions", _SPLIT.value,
                                                _MAX_STUDIES.value, gen_cfg)
-        evaluate(predictions, _WORKDIR.value, cfg, _METHOD.value, **score_kwargs)
-    except (FileNotFoundError, ValueError, prerequisites.MissingPrerequisite) as e:
+        evaluate(predictions, _WORKDIR.value, cfg, _METHOD.value, overwrite=_OVERWRITE.value, **score_kwargs)
+    except (FileNotFoundError, FileExistsError, ValueError, prerequisites.MissingPrerequisite) as e:
         cli.usage_exit(str(e))
     logging.info("Wrote results.json and report_card.md to %s", _WORKDIR.value)
 

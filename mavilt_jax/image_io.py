@@ -160,6 +160,8 @@ def _read_bytes(data: bytes, name: str, dicom: bool = False) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # decodes now, so a truncated file fails here
             return _from_pil(image)
+    except Image.DecompressionBombError as e:  # not an OSError: a header declaring billions of pixels
+        raise ImageError(f"{name} declares too many pixels to decode safely ({e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{name} is not a readable PNG, JPEG or DICOM image ({type(e).__name__})") from e
 

@@ -41,7 +41,9 @@ def read_image(path: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("L"))[..., None]
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # PIL's errors for broken files: OSError (truncated), SyntaxError and ValueError (bad
+        # headers), DecompressionBombError (a header declaring billions of pixels).
         raise UsageError(f"--image {path!r} is not a readable image: {e}") from e
 
 

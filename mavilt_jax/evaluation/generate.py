@@ -123,16 +123,25 @@ def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
 
 def predict(generator: Generator, examples: Sequence[Mapping], out_dir: str | pathlib.Path,
             tasks: Sequence[str] = ("report_generation", "report_to_image", "vqa"),
-            progress: Callable[[int, int], None] | None = None) -> list[dict]:
+            progress: Callable[[int, int], None] | None = None,
+            records_path: str | pathlib.Path | None = None) -> list[dict]:
     """Prediction records for ``examples`` (dicts with image uint8 [H, W(, 1)], findings,
     impression, study_id, optional vqa); images go to ``out_dir/images``. ``progress(done,
-    total)`` is called after each batch of studies."""
+    total)`` is called after each batch of studies.
+
+    With ``records_path`` (JSONL), each finished batch is appended to it at once, and the studies
+    already there (an interrupted earlier call) are not generated again: the records returned are
+    the earlier ones followed by the new ones."""
+    from mavilt_jax.evaluation import records as records_lib
+
     out_dir = pathlib.Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    records: list[dict] = []
-    examples = list(examples)
+    records: list[dict] = records_lib.resume_records(records_path) if records_path is not None else []
+    done = {str(r.get("study_id")) for r in records}
+    examples = [e for e in examples if _text(e.get("study_id")) not in done]
     for start, batch in zip(range(0, len(examples), generator.cfg.batch_size),
                             _batches(examples, generator.cfg.batch_size)):
+        first_new = len(records)
         images = np.stack([np.asarray(e["image"]).reshape(np.asarray(e["image"]).shape[:2] + (1,)) for e in batch])
         codes = generator.encode(images)
         ids = [_text(e.get("study_id")) for e in batch]
@@ -156,6 +165,8 @@ def predict(generator: Generator, examples: Sequence[Mapping], out_dir: str | pa
                     records.append({"task": "vqa", "study_id": ids[i], "question": q["question"], "answer": q["answer"],
                                     "prediction": answer, "p_yes": p, "question_type": q.get("question_type"),
                                     "answer_type": q.get("answer_type")})
+        if records_path is not None:
+            records_lib.append_records(records_path, records[first_new:])
         if progress is not None:
             progress(start + len(batch), len(examples))
     return records
