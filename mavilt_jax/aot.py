@@ -334,10 +334,11 @@ def run(config: ml_collections.ConfigDict, topology: str, num_slices: int = 1,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m mavilt_jax.aot", description=__doc__.split("\n\n")[0])
+    from mavilt_jax import cli
+
+    parser = cli.ArgumentParser(prog="python -m mavilt_jax.aot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="config file[:variants], e.g. configs/stage1.py:model=7b")
     parser.add_argument("--topology", help="TPU slice (v5e-8, v5p-64, ...); default: the config's aot.topology")
     parser.add_argument("--num_slices", type=int, default=0, help="slices (DCN data parallelism); default: config's or 1")
