@@ -53,8 +53,7 @@ def export(checkpoint: str | pathlib.Path, out: str | pathlib.Path, *, dtype: st
         raise inference.InferenceError(f"--out {str(out)!r} exists and is not empty")
     config, step = inference.workdir_info(checkpoint, allow_unfinished)
     vq_config = inference.workdir_vq_config(config)
-    params = checkpointing.load_subtree(str(checkpoint), "params", step=step)
-    vq_params = checkpointing.load_subtree(str(checkpoint), "frozen", step=step)["vqgan"]
+    params, vq_params = inference.read_parameters(checkpoint, step)
     if dtype is not None:
         cast = lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x  # noqa: E731
         params, vq_params = jax.tree.map(cast, params), jax.tree.map(cast, vq_params)

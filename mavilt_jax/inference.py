@@ -25,6 +25,7 @@ import dataclasses
 import json
 import pathlib
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -292,12 +293,20 @@ def workdir_vq_config(config: ml_collections.ConfigDict) -> vqgan_lib.VQGANConfi
     return vqgan_lib.vqgan_config(config.vqgan.model)
 
 
+def read_parameters(path: pathlib.Path, step: int) -> tuple[Any, Any]:
+    """(LLM params, frozen VQ-GAN params) of a workdir's checkpoint ``step`` (no optimizer state kept)."""
+    with warnings.catch_warnings():  # orbax notes that it reads shardings from the file: expected here
+        warnings.filterwarnings("ignore", message="Sharding info not provided")
+        params = checkpointing.load_subtree(str(path), "params", step=step)
+        vq_params = checkpointing.load_subtree(str(path), "frozen", step=step)["vqgan"]
+    return params, vq_params
+
+
 def _load_workdir(path: pathlib.Path, allow_unfinished: bool) -> Model:
     config, step = workdir_info(path, allow_unfinished)
     vq_config = workdir_vq_config(config)
     vocab = ExtendedVocab.load(path / "vocab")
-    params = checkpointing.load_subtree(str(path), "params", step=step)
-    vq_params = checkpointing.load_subtree(str(path), "frozen", step=step)["vqgan"]
+    params, vq_params = read_parameters(path, step)
     return Model(config, vocab, vq_config, params, vq_params, source=str(path), step=step)
 
 
