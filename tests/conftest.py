@@ -42,7 +42,9 @@ def tiny_main_job(tmp_path_factory) -> dict:
 
     from filelock import FileLock
 
-    root = tmp_path_factory.getbasetemp().parent  # shared by the xdist workers of this run
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker's basetemp is popen-gwN inside this run's folder
+        root = root.parent  # shared by the workers of this run, not by other runs
     workdir, record = root / "tiny_main_job", root / "tiny_main_job.json"
     argv = ["-m", "mavilt_jax.main", "--config=configs/demo.py:smoke", f"--workdir={workdir}"]
     with FileLock(str(root / "tiny_main_job.lock")):
