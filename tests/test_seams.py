@@ -1,0 +1,186 @@
+"""The seams between stages, on the tiny main job's real checkpoints (`tiny_main_job` in conftest):
+
+- text pretraining -> stage 1: the text rows kept exactly, the new rows by the "mean" rule of
+  `extend_embeddings`, the anchor of Eq. 11 equal to the pretrained weights, the VQ-GAN (and phi)
+  frozen and equal to their own stages' parameters, before and after training;
+- stage 1 -> stage 2 (``init_from``): the frozen arrays carried over as they are, the parameters
+  within three Adam steps of stage 1's;
+- every stage ran ``eval_step`` and ``periodic_eval`` inside the training loop;
+- evaluation from a checkpoint through ``python -m mavilt_jax.evaluate``;
+- stage 1 without a VQ-GAN checkpoint refuses to start.
+Values are checked against numpy computations on the checkpoints, not against the stage code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import stage1 as stage1_config
+from mavilt_jax import checkpointing
+from mavilt_jax.data.vocab import ExtendedVocab
+from mavilt_jax.stages import lm, multimodal
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tree_arrays(tree) -> dict[str, np.ndarray]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(p): np.asarray(x, np.float32) for p, x in flat}
+
+
+def _assert_trees_equal(got, expected, what: str) -> None:
+    got, expected = _tree_arrays(got), _tree_arrays(expected)
+    assert got.keys() == expected.keys(), what
+    for k in expected:
+        np.testing.assert_array_equal(got[k], expected[k], err_msg=f"{what} {k}")
+
+
+def _bf16(x) -> np.ndarray:
+    return np.asarray(np.asarray(x, np.float32).astype(jax.numpy.bfloat16), np.float32)
+
+
+@pytest.fixture(scope="module")
+def job(tiny_main_job):
+    return tiny_main_job["workdir"]
+
+
+def test_text_pretrain_to_stage1_handoff(job, tmp_path, compile_fast):
+    config = ml_collections.ConfigDict(checkpointing.read_workdir_config(str(job / "stage1")))
+    assert config.text_checkpoint == str(job / "text_pretrain") and config.loss.lambda_reg > 0
+    stage = multimodal.Stage1(config)
+    stage.setup(str(tmp_path))
+    # As the loop does: one compiled init, unboxed, then the pretrained weights.
+    state = stage.restore_pretrained(jax.jit(lambda r: nn.unbox(stage.init_state(r)))(jax.random.key(0)))
+
+    text = jax.tree.map(np.asarray, checkpointing.load_subtree(str(job / "text_pretrain"), "params"))
+    T, V = stage.layout.text_vocab_size, stage.layout.size
+    assert text["embed"]["embedding"].shape[0] > T  # text pretraining's specials follow the text ids: trimmed
+    embed, head = np.asarray(state.params["embed"]["embedding"]), np.asarray(state.params["lm_head"]["kernel"])
+    assert embed.shape[0] == V and head.shape[1] == V
+    # Pretrained text rows (and head columns) kept exactly.
+    np.testing.assert_array_equal(embed[:T], text["embed"]["embedding"][:T])
+    np.testing.assert_array_equal(head[:, :T], text["lm_head"]["kernel"][:, :T])
+    # New rows (image codes, specials): the "mean" rule, mean + 0.01 * std * z per dimension.
+    for new, old in ((embed[T:], text["embed"]["embedding"][:T]), (head[:, T:].T, text["lm_head"]["kernel"][:, :T].T)):
+        mean, std = old.mean(axis=0), old.std(axis=0)
+        assert np.all(np.abs(new - mean) <= 6 * 0.01 * std + 1e-6)
+        assert np.all(new.std(axis=0) > 0)  # the noise tells the new tokens apart
+    # Every other parameter is the text-pretrained one.
+    rest = lambda p: {k: v for k, v in p.items() if k not in ("embed", "lm_head")}
+    _assert_trees_equal(rest(state.params), rest(text), "LLM parameters")
+
+    # The anchor of Eq. 11: the pretrained weights (text rows only), as a bf16 copy.
+    anchor = _tree_arrays(state.frozen["anchor"])
+    expected = {**{k: _bf16(v) for k, v in _tree_arrays(rest(text)).items()},
+                "['embed']['embedding']": _bf16(text["embed"]["embedding"][:T]),
+                "['lm_head']['kernel']": _bf16(text["lm_head"]["kernel"][:, :T])}
+    assert anchor.keys() == expected.keys()
+    for k in expected:
+        np.testing.assert_array_equal(anchor[k], expected[k], err_msg=k)
+
+    # The frozen VQ-GAN and phi are their stages' trained parameters, at the start and after training.
+    vqgan = checkpointing.load_subtree(str(job / "vqgan"), "params")
+    phi = checkpointing.load_subtree(str(job / "cxr_encoder"), "params")
+    _assert_trees_equal(state.frozen["vqgan"], vqgan, "frozen VQ-GAN at the start")
+    _assert_trees_equal(state.frozen["phi"], phi, "frozen phi at the start")
+    trained = checkpointing.load_subtree(str(job / "stage1"), "frozen")
+    _assert_trees_equal(trained["vqgan"], vqgan, "frozen VQ-GAN after stage 1")
+    _assert_trees_equal(trained["phi"], phi, "frozen phi after stage 1")
+    _assert_trees_equal(trained["anchor"], state.frozen["anchor"], "anchor after stage 1")
+
+
+def _adam_bound(config: ml_collections.ConfigDict, steps: int) -> float:
+    """Largest per-entry change ``steps`` AdamW updates can make: lr * (|m_hat / sqrt(v_hat)| + wd * |theta|).
+
+    By Cauchy-Schwarz |m_hat / sqrt(v_hat)| <= sqrt(sum_i w_i^2 / u_i) over the bias-corrected
+    weights w_i (b1) and u_i (b2) of the gradients so far.
+    """
+    o = config.optimizer
+    ratio = 0.0
+    for t in range(1, steps + 1):
+        w = [(1 - o.b1) * o.b1 ** (t - i) / (1 - o.b1**t) for i in range(1, t + 1)]
+        u = [(1 - o.b2) * o.b2 ** (t - i) / (1 - o.b2**t) for i in range(1, t + 1)]
+        ratio = max(ratio, math.sqrt(sum(a * a / b for a, b in zip(w, u))))
+    return steps * o.learning_rate * (ratio + o.weight_decay * 10.0)  # |theta| < 10 for these models
+
+
+def test_stage1_to_stage2_init_from(job):
+    config = ml_collections.ConfigDict(checkpointing.read_workdir_config(str(job / "stage2")))
+    assert config.init_from == str(job / "stage1") and not config.text_checkpoint and not config.model.pretrained
+    s1 = _tree_arrays(checkpointing.load_subtree(str(job / "stage1"), "params"))
+    s2 = _tree_arrays(checkpointing.load_subtree(str(job / "stage2"), "params"))
+    assert max(np.abs(v).max() for v in s1.values()) < 10.0
+    bound = _adam_bound(config, config.total_steps)
+    assert s1.keys() == s2.keys()
+    moved = max(float(np.abs(s2[k] - s1[k]).max()) for k in s1)
+    assert 0 < moved <= bound, (moved, bound)
+    # The frozen arrays come from stage 1 as they are (anchor, VQ-GAN, phi).
+    _assert_trees_equal(checkpointing.load_subtree(str(job / "stage2"), "frozen"),
+                        checkpointing.load_subtree(str(job / "stage1"), "frozen"), "stage 2 frozen arrays")
+    v1, v2 = ExtendedVocab.load(job / "stage1" / lm.VOCAB_DIR), ExtendedVocab.load(job / "stage2" / lm.VOCAB_DIR)
+    assert v1.layout == v2.layout and v1.encode_text("no acute disease") == v2.encode_text("no acute disease")
+
+
+def test_every_stage_evaluates_and_samples_in_the_loop(job):
+    expected_eval = {"cxr_encoder": {"loss"}, "judge": {"loss"}, "vqgan": {"psnr", "ssim", "l1"},
+                     "text_pretrain": {"task_loss", "text_ce"}, "stage1": {"task_loss", "text_ce", "image_ce"},
+                     "stage2": {"task_loss", "text_ce", "image_ce"}}
+    for name, keys in expected_eval.items():
+        result = json.loads((job / name / "result.json").read_text())
+        step = result["step"]
+        assert keys <= set(result["eval"]) and all(np.isfinite(result["eval"][k]) for k in keys), name
+        if name in ("cxr_encoder", "judge"):  # periodic_eval: per-finding AUROC in [0, 1]
+            auroc = json.loads((job / name / f"auroc_{step}.json").read_text())
+            assert auroc and all(0.0 <= v <= 1.0 for v in auroc.values()), name
+        elif name == "vqgan":  # periodic_eval: true | reconstruction grid
+            assert (job / name / "samples" / f"reconstructions_{step}.png").stat().st_size > 0
+        else:  # periodic_eval: greedy samples of the LLM
+            samples = (job / name / "samples" / f"step_{step}.txt").read_text()
+            assert samples.count("## report_") == config_num_samples(job, name), name
+    # Stage-1/2 eval losses: next-token cross-entropy of a near-uniform tiny model, about log(V).
+    vocab = ExtendedVocab.load(job / "stage1" / lm.VOCAB_DIR)
+    for name in ("stage1", "stage2"):
+        ce = json.loads((job / name / "result.json").read_text())["eval"]["task_loss"]
+        assert abs(ce - math.log(vocab.size)) < 1.0, (name, ce, math.log(vocab.size))
+
+
+def config_num_samples(job, name: str) -> int:
+    return int(checkpointing.read_workdir_config(str(job / name))["num_samples"])
+
+
+def test_evaluate_from_a_checkpoint_through_the_cli(job, tmp_path):
+    out = tmp_path / "eval"
+    # --config: the stage-2 run's own config (as saved in its workdir).
+    config_file = tmp_path / "stage2_config.py"
+    config_file.write_text("import json\nimport ml_collections\n\n\ndef get_config(arg=None):\n"
+                           f"    return ml_collections.ConfigDict(json.load(open({str(job / 'stage2' / 'config.json')!r})))\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mavilt_jax.evaluate", f"--config={config_file}", f"--checkpoint={job / 'stage2'}",
+         f"--workdir={out}",
+         f"--phi_checkpoint={job / 'cxr_encoder'}", "--split=test", "--max_studies=3", "--max_report_tokens=8",
+         "--meteor=false", "--fid_extractors=phi", "--resamples=10", "--nlg_resamples=2", "--fid_resamples=2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    records = [json.loads(line) for line in (out / "predictions" / "predictions.jsonl").read_text().splitlines()]
+    assert len({r["study_id"] for r in records}) == 3
+    assert {r["task"] for r in records} == {"report_generation", "report_to_image", "vqa"}
+    assert "Table I" in (out / "report_card.md").read_text()
+    ce = results["report_generation"]["clinical_efficacy"]["f1_micro"]
+    assert ce["n"] == 3 and 0.0 <= ce["value"] <= 1.0
+
+
+def test_stage1_without_a_vqgan_checkpoint_refuses_to_start(tmp_path):
+    config = stage1_config.config(runlocal=True, model="tiny", text=str(tmp_path / "text"))
+    with pytest.raises(ValueError, match=r"needs a trained VQ-GAN.*tokenizer=DIR.*vqgan.allow_random"):
+        multimodal.Stage1(config).setup(str(tmp_path / "work"))
