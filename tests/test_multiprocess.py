@@ -35,7 +35,8 @@ def _run_pair(config_file, workdir, steps: int) -> list[str]:
     env.pop("XLA_FLAGS", None)
     procs = [subprocess.Popen(
         [sys.executable, "-m", "mavilt_jax.main", f"--config={config_file}:{steps}", f"--workdir={workdir}",
-         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+         "--alsologtostderr"],  # the logged losses are read from the output (main logs to a file)
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = [p.communicate(timeout=240)[0] for p in procs]
     for p, out in zip(procs, outs):
