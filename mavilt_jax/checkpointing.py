@@ -17,8 +17,8 @@ Initialisation order of a run (`mavilt_jax/train.py`):
 
 from __future__ import annotations
 
-import json
 import contextlib
+import json
 import os
 from typing import Any
 

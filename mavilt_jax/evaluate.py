@@ -25,8 +25,6 @@ import dataclasses
 import json
 import pathlib
 
-import numpy as np
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -113,20 +111,10 @@ def evaluate(predictions: str | pathlib.Path, workdir: str | pathlib.Path, cfg, 
 
 
 def phi_scorers(phi_checkpoint: str) -> tuple[dict, object]:
-    """({"phi": features_fn}, classifier_fn) of a trained CXR encoder, fed at its training size."""
-    from mavilt_jax.evaluation import conditional, frechet
-    from mavilt_jax.models import cxr_encoder, vqgan
-    from mavilt_jax.stages import cxr_encoder as cxr_encoder_stage
+    """({"phi": features_fn}, classifier_fn) of a trained CXR encoder (`conditional.classifier_scorers`)."""
+    from mavilt_jax.evaluation import conditional
 
-    phi_cfg, params = cxr_encoder_stage.load_cxr_encoder(phi_checkpoint)
-    size = int(cxr_encoder_stage._read_workdir_config(phi_checkpoint)["model"]["image_size"])
-    model = cxr_encoder.CxrEncoder(phi_cfg)
-    features, classify = frechet.phi_features_fn(model, params), conditional.phi_classifier_fn(model, params)
-
-    def resized(fn):
-        return lambda images: fn(vqgan.to_model_range(np.asarray(images)[..., None], size))
-
-    return {"phi": resized(features)}, resized(classify)
+    return conditional.classifier_scorers(phi_checkpoint)
 
 
 def generate_predictions(config, checkpoint: str, out_dir: pathlib.Path, split: str, max_studies: int,
