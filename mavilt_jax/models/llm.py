@@ -34,10 +34,10 @@ from typing import Any
 
 import flax
 import flax.linen as nn
-from flax.linen.dtypes import promote_dtype
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.linen.dtypes import promote_dtype
 
 from mavilt_jax.models.int8 import Int8Embed
 
