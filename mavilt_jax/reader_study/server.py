@@ -54,7 +54,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
 
     def log_message(self, format, *args):  # noqa: A002  (http.server's signature)
-        pass  # the ratings database is the record; no access log of readers' requests
+        """Writes nothing: the ratings database is the record; no access log of readers' requests."""
 
     def _send(self, status: int, body: bytes, content_type: str = "text/html; charset=utf-8",
               headers: dict | None = None) -> None:
