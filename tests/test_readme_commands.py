@@ -303,6 +303,8 @@ def test_readme_command_runs(command, request, inputs, tmp_path):
         pytest.fail(f"add a smoke variant to SMOKE for the README command {command!r}")
     if smoke.skip:
         pytest.skip(smoke.skip)
+    # {out} stands for the folder a user runs the command in: it exists (empty) beforehand.
+    (tmp_path / "out").mkdir()
     paths = dict(inputs, out=str(tmp_path / "out"), tmp=str(tmp_path))
     if smoke.study:
         paths["study"] = str(_study(inputs, tmp_path / "study"))
