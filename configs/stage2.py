@@ -29,6 +29,9 @@ def config(*, runlocal: bool = False, model: str | None = None, stage1: str = ""
     config.model.pretrained = ""
     config.optimizer.learning_rate = config.optimizer.learning_rate / 3
     config.total_steps = config.total_steps // 2 if steps is None else steps
+    # Eq. 8-10's task mix: VQA has six question types to learn from one example each, so it gets
+    # twice the weight of each report task (1/3 of the examples; the three report tasks share one skill).
+    config.sequence.task_weights = dict(report=1.0, findings=1.0, impression=1.0, report_to_image=1.0, vqa=2.0)
     return common.override(config, overrides)
 
 

@@ -101,3 +101,21 @@ def test_memoized_features_compute_each_batch_once():
     fn(a)
     np.testing.assert_array_equal(fn(b), [[1.0], [1.0]])
     assert len(calls) == 3  # a (wrapped), a (direct reference above), b; the second fn(a) was remembered
+
+
+def test_training_wording_diagnostic_picks_the_first_training_instruction():
+    from types import SimpleNamespace
+
+    from mavilt_jax.evaluation import generate
+
+    def template(wording, fixed=False, *args):
+        ns = SimpleNamespace(cfg=generate.GenerationConfig(wording=wording),
+                             builder=SimpleNamespace(config=SimpleNamespace(fixed_instructions=fixed)))
+        return generate.Generator._template(ns, *args)
+
+    assert template("train", False, "vqa", "laterality").text == "{question} Answer left, right or bilateral."
+    assert template("train", False, "report").text == "Write the radiology report for this chest X-ray."
+    assert template("eval", False, "report") is None  # the builder's held-out default
+    assert template("train", True, "report") is None  # the fixed-instruction ablation keeps its one wording
+    with pytest.raises(ValueError, match="wording"):
+        generate.GenerationConfig(wording="heldout")

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from configs import stage1 as stage1_config
+from configs import stage2 as stage2_config
 from mavilt_jax import losses
-from mavilt_jax.data import phantoms
+from mavilt_jax.data import phantoms, templates
 from mavilt_jax.data.vocab import BPE_EOS, ExtendedVocab, VocabLayout, train_bpe
 from mavilt_jax.stages import lm, multimodal
 from mavilt_jax.stages.text_pretrain import synthetic_report_texts
@@ -145,6 +146,27 @@ def test_stage2_instruction_batch(text_dir, tmp_path):
     assert batch["tokens"].shape == (3, 160)
     _, m = jax.jit(stage.train_step)(state, batch, jax.random.key(0))
     assert np.isfinite(float(m["loss"])) and float(m["scored_tokens"]) > 0
+
+
+def test_stage2_config_task_mix_reaches_the_builder(text_dir, tmp_path):
+    """configs/stage2.py's task weights are what the stage samples with: over 1,200 studies that
+    support every task, VQA is drawn 2 / (1 + 1 + 1 + 1 + 2) = 1/3 of the time (binomial sd 0.014)."""
+    config = stage2_config.config(runlocal=True, model="tiny", res=32, text_checkpoint=str(text_dir))
+    config.vqgan.model.update(channel_multipliers=(1, 2, 2, 4), base_channels=8, embedding_dim=8, codebook_size=32,
+                              norm_groups=4)
+    config.vqgan.allow_random = True
+    stage = multimodal.Stage2(config)
+    stage.setup(str(tmp_path))
+    assert dict(stage.builder.config.task_weights) == {
+        "report": 1.0, "findings": 1.0, "impression": 1.0, "report_to_image": 1.0, "vqa": 2.0}
+    study = phantoms.generate_study(0, 3, resolution=32)
+    study["findings"], study["impression"] = "Heart size is normal.", "No acute process."
+    assert study["vqa"]
+    rng = np.random.default_rng(0)
+    codes = np.zeros((stage.layout.codes_per_image,), np.int32)
+    tasks = [int(stage.builder.stage2_example(study, codes, rng)["task_id"]) for _ in range(1200)]
+    share = np.mean(np.asarray(tasks) == templates.TASKS.index("vqa"))
+    assert abs(share - 1 / 3) < 0.05, share
 
 
 def test_stage1_recon_on_report_to_image_rows_equals_all_rows(text_dir, tmp_path):

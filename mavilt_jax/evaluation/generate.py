@@ -28,7 +28,9 @@ from mavilt_jax.models import vqgan as vqgan_lib
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
     """max_report_tokens: decode steps for reports and answers; guidance_scale: classifier-free
-    guidance of report -> image (1.0: none); image_temperature: 0 for greedy codes."""
+    guidance of report -> image (1.0: none); image_temperature: 0 for greedy codes; wording: the
+    stage-2 instruction wording, "eval" (the held-out one, `templates.default_template`) or "train"
+    (the first training one: separates reading the image from generalising to a new wording)."""
 
     max_report_tokens: int = 128
     max_answer_tokens: int = 16
@@ -36,6 +38,11 @@ class GenerationConfig:
     image_temperature: float = 1.0
     batch_size: int = 8
     seed: int = 0
+    wording: str = "eval"
+
+    def __post_init__(self):
+        if self.wording not in ("eval", "train"):
+            raise ValueError(f"wording={self.wording!r}; expected 'eval' or 'train'")
 
 
 class Generator:
@@ -52,6 +59,14 @@ class Generator:
         self._encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode))
         self._decode = jax.jit(lambda p, ids: model.apply({"params": p}, ids, method=model.decode))
         self._rng = jax.random.key(cfg.seed)
+
+    def _template(self, task: str, question_type: str | None = None):
+        """The instruction wording of ``task`` (None: the builder's default, held-out or fixed)."""
+        from mavilt_jax.data import templates
+
+        if self.cfg.wording == "eval" or self.builder.config.fixed_instructions:
+            return None
+        return templates.templates(task, "train", question_type)[0]
 
     # ---- pieces --------------------------------------------------------------------------------
     def encode(self, images: np.ndarray) -> np.ndarray:
@@ -75,7 +90,8 @@ class Generator:
                                  layout=self.layout, **kwargs)
 
     def reports(self, codes: np.ndarray) -> list[str]:
-        prompts = [self.builder.instruction_prompt("report", codes=c) if self.instruction
+        prompts = [self.builder.instruction_prompt("report", codes=c, template=self._template("report"))
+                   if self.instruction
                    else self.builder.image_to_report_prompt(c) for c in codes]
         out = self._run(prompts, sampling.Sampler(self.cfg.max_report_tokens, mode="text", temperature=0.0))
         return [self.vocab.decode_text(t).strip() for t in np.asarray(out.tokens)]
@@ -100,7 +116,9 @@ class Generator:
     def answers(self, codes: np.ndarray, questions: Sequence[Mapping]) -> tuple[list[str], list[float]]:
         """Stage-2 VQA: greedy answers and P(yes) / (P(yes) + P(no)) for each (codes row, question)."""
         prompts = [self.builder.instruction_prompt("vqa", codes=c, question=q["question"],
-                                                   question_type=q.get("question_type")) for c, q in zip(codes, questions)]
+                                                   question_type=q.get("question_type"),
+                                                   template=self._template("vqa", q.get("question_type")))
+                   for c, q in zip(codes, questions)]
         out = self._run(prompts, sampling.Sampler(self.cfg.max_answer_tokens, mode="text", temperature=0.0))
         answers = [self.vocab.decode_text(t).strip() for t in np.asarray(out.tokens)]
         tokens, lengths = sequences.left_pad(prompts, self.layout.pad_id)

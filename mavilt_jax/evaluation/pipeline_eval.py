@@ -13,7 +13,10 @@ A quality figure proves nothing alone, so every figure of the model comes with t
   Frechet distances to the real ones: the best a generator over these codes can do (the floor of FD);
 - ``ceiling_code_probe``: a linear probe from the VQ-GAN codes to the 14 labels
   (`mavilt_jax.evaluation.probe`): what the tokenizer lets the LLM see;
-- ``guidance_sweep``: report -> image at several classifier-free guidance scales.
+- ``guidance_sweep``: report -> image at several classifier-free guidance scales;
+- ``model_training_wording`` (stage 2, diagnostic): the model's reports and VQA with the first
+  TRAINING wording of each instruction instead of the held-out one, which separates reading the
+  image from generalising to an unseen wording.
 
 Written to ``out_dir``: ``results.json`` (all of the above, every figure with its bootstrap 95 %
 CI), ``report_card.md`` (summary with the bars, then Tables I-III of the model),
@@ -204,6 +207,15 @@ def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.Con
     results["control_shuffled_image"] = _score(control_b, pred_dir, cfg, scorers)
     lap("control_shuffled")
 
+    # ---- diagnostic: the instruction wording seen in training (the model's row uses held-out ones) --
+    if generator.instruction and not generator.builder.config.fixed_instructions:
+        generator.cfg = dataclasses.replace(gen_cfg, wording="train")
+        seen = generate.predict(generator, examples, pred_dir / "training_wording", tasks=("report_generation", "vqa"),
+                                progress=lambda d, t: progress(f"evaluation: model, training wording {d}/{t}"))
+        generator.cfg = gen_cfg
+        results["model_training_wording"] = _score(seen, pred_dir, cfg, scorers)
+        lap("model_training_wording")
+
     # ---- ceilings: the judge on real images and on VQ-GAN reconstructions ------------------------
     progress("evaluation: ceilings (judge on real images, VQ-GAN reconstructions, code probe)")
     images = np.stack([np.asarray(e["image"]).reshape(np.asarray(e["image"]).shape[:2] + (1,)) for e in examples])
@@ -351,6 +363,8 @@ def _cell(est: Mapping | None, digits: int = 3) -> str:
 def render_card(results: Mapping) -> str:
     """The summary: the model beside its controls and ceilings, the bars, the guidance sweep."""
     rows = [("Model", results.get("model")),
+            ("model, training wording (diagnostic: the Model row uses held-out wordings)",
+             results.get("model_training_wording")),
             ("control: constant report / majority answer", results.get("control_constant_report")),
             ("control: shuffled image (another study's radiograph)", results.get("control_shuffled_image")),
             ("ceiling: judge on the real test images", results.get("ceiling_judge_real")),

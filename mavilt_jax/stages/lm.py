@@ -101,11 +101,13 @@ class LMStage(Stage):
         self.vocab = vocab
         self.layout = vocab.layout
         seq = self.config.sequence
+        weights = seq.get("task_weights")
+        extra = {"task_weights": tuple((str(k), float(v)) for k, v in dict(weights).items())} if weights else {}
         self.builder = sequences.SequenceBuilder(vocab, sequences.SequenceConfig(
             max_len=seq.max_len, cond_drop_prob=seq.get("cond_drop_prob", 0.1),
             report_section=seq.get("report_section", "both"),
             use_chat_template=seq.get("use_chat_template", True),
-            fixed_instructions=seq.get("fixed_instructions", False)))
+            fixed_instructions=seq.get("fixed_instructions", False), **extra))
         self.llm_config = llm_config(self.config.model, vocab.size)
         self.model = llm.Decoder(self.llm_config)
         self.tx = optimizers.make_optimizer(self.config.optimizer, total_steps=self.config.total_steps)
