@@ -321,6 +321,13 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, d
                 result = train_and_evaluate(step_config, os.path.join(workdir, name))
                 results[name] = {k: v for k, v in result.items() if k not in ("state", "history")}
         timings[name] = round(time.time() - t0, 1)
+        if results[name].get("preempted"):
+            # The step stopped early (SIGTERM, preemption): the later steps would start from an
+            # unfinished model, so the pipeline stops here; the same command resumes it.
+            progress.show(f"[{i + 1}/{len(config.order)} {name}] stopped at step {results[name].get('step')} "
+                          f"(checkpoint saved); rerun the same command to resume")
+            results["preempted"] = {"step_name": name, "step": results[name].get("step")}
+            return results
         progress.show(f"[{i + 1}/{len(config.order)} {name}] done in {progress.format_duration(timings[name])}")
     timings["total"] = round(time.time() - start, 1)
     progress.show("pipeline finished: " + ", ".join(f"{k} {progress.format_duration(v)}" for k, v in timings.items()))

@@ -162,3 +162,25 @@ def test_schedule_warmup_and_cosine_end():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_pipeline_stops_at_a_preempted_step(tmp_path, monkeypatch):
+    """A step stopped by SIGTERM (result "preempted") ends the pipeline there: the next step must not
+    start from an unfinished model; the same command resumes later."""
+    import ml_collections
+
+    from mavilt_jax import train
+
+    calls = []
+
+    def fake_train(config, workdir):
+        calls.append(workdir)
+        return {"preempted": len(calls) == 2, "step": 7, "train": {}, "eval": {}}
+
+    monkeypatch.setattr(train, "train_and_evaluate", fake_train)
+    steps = {name: ml_collections.ConfigDict({"stage": "toy"}) for name in ("a", "b", "c")}
+    config = ml_collections.ConfigDict({"pipeline": steps, "order": ("a", "b", "c")})
+    results = train.run_pipeline(config, str(tmp_path))
+    assert [p.rsplit("/", 1)[1] for p in calls] == ["a", "b"]
+    assert results["preempted"] == {"step_name": "b", "step": 7}
+    assert not (tmp_path / "pipeline_timings.json").exists()
