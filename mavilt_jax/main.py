@@ -9,6 +9,7 @@ pod / SLURM job (``--distributed=auto``), where JAX finds them itself.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 # TensorFlow (read by TFDS for PNG decoding only) prints C++ INFO lines at import, among them the
@@ -29,6 +30,8 @@ _DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", 100, "Several processes: one silent this long counts as dead and JAX stops the others.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -69,7 +72,8 @@ def main(argv: list[str]) -> None:
     if _want_distributed():
         # CPU devices exchange collectives over gloo (no effect on TPU/GPU devices).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                   heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value)
     logging.info("Process %d of %d.", jax.process_index(), jax.process_count())
 
     from mavilt_jax import checkpointing, locks, train  # after distributed initialisation: it creates devices lazily
@@ -86,6 +90,33 @@ def main(argv: list[str]) -> None:
     except checkpointing.CheckpointSaveError as e:  # the run stops; the message names the folder
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Exception as e:
+        if jax.process_count() == 1 or not _PEER_LOST.search(str(e)):
+            raise
+        # A collective failed because another process is gone. Exit now: the exit-time
+        # jax.distributed.shutdown would wait at a barrier for the dead process until the heartbeat
+        # timeout and then abort with a stack trace.
+        print(f"error: {_peer_lost_message(e, _WORKDIR.value)}", file=sys.stderr, flush=True)
+        logging.flush()
+        os._exit(1)
+
+
+# How a collective reports a peer that is gone: gloo (CPU) and NCCL (GPU) over TCP sockets.
+_PEER_LOST = re.compile(r"(gloo|nccl).*(connection (reset|closed|refused)|closed by peer|broken pipe|timed out)",
+                        re.IGNORECASE | re.DOTALL)
+
+
+def _peer_lost_message(error: Exception, workdir: str) -> str:
+    """One line: which process is gone (the only other one, with two), the failed collective, what to do."""
+    me, count = jax.process_index(), jax.process_count()
+    others = [i for i in range(count) if i != me]
+    gone = f"process {others[0]}" if len(others) == 1 else f"one of processes {', '.join(map(str, others))}"
+    steps = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()] \
+        if os.path.isdir(os.path.join(workdir, "checkpoints")) else []
+    resume = f"they resume from step {max(steps)}" if steps else "no checkpoint yet, they start over"
+    detail = " ".join(str(error).split())[:200]
+    return (f"{gone} (of {count}) died or lost its connection (a collective failed in process {me}: {detail}); "
+            f"process {me} stops too. Restart all {count} processes: {resume}.")
 
 
 def run() -> None:

@@ -1,16 +1,21 @@
 """Faults of a two-process run (gloo CPU collectives over 127.0.0.1, as tests/test_multiprocess.py):
-SIGTERM to one process stops both at one agreed step with one checkpoint that both resume from."""
+SIGTERM to one process stops both at one agreed step with one checkpoint that both resume from; a
+process killed (SIGKILL) makes the other exit at once with one line naming it; a process that hangs
+(SIGSTOP) makes the other exit after the heartbeat timeout instead of waiting in a collective."""
 
 from __future__ import annotations
 
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -79,3 +84,52 @@ def test_sigterm_to_one_process_stops_both_at_one_checkpoint_both_resume_from(tm
     assert all(f"Resuming from step {step}" in "".join(o) for o in outputs)
     assert _steps(workdir)[-1] == step + 2
 
+
+
+def _survivor_output(procs, outputs, victim: int, timeout: float = 120) -> tuple[int, str]:
+    """SIGKILL (or SIGSTOP) has hit ``victim``: the other process's exit status and output. The
+    timeout is a hang guard, far below the heartbeat timeout the tests set where it matters."""
+    survivor = procs[1 - victim]
+    try:
+        survivor.wait(timeout=timeout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    time.sleep(0.5)  # the reader thread takes the last lines
+    return survivor.returncode, "".join(outputs[1 - victim])
+
+
+@pytest.mark.parametrize("victim", [1, 0], ids=["process_1_dies", "coordinator_dies"])
+def test_a_killed_process_makes_the_other_exit_naming_it(tmp_path, victim):
+    config_file = tmp_path / "toy_mp.py"
+    config_file.write_text(CONFIG)
+    workdir = tmp_path / "w"
+    # A heartbeat timeout far above the hang guard: the survivor must not wait for it.
+    procs, outputs = _start_pair(config_file, workdir, 100000, "--heartbeat_timeout_seconds=600")
+    _wait_until_training(procs, outputs)
+    procs[victim].kill()
+    status, out = _survivor_output(procs, outputs, victim)
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    if errors:  # the survivor saw its collective fail: the project's one line
+        assert status == 1, out[-3000:]
+        assert errors[-1].startswith(f"error: process {victim} (of 2) died or lost its connection"), errors
+        assert f"process {1 - victim} stops too. Restart all 2 processes: no checkpoint yet" in errors[-1]
+        assert "Traceback" not in out
+    else:  # only when the coordinator (process 0) dies: JAX's client may end the survivor first
+        assert victim == 0 and status != 0, out[-3000:]
+        assert "another task died" in out, out[-3000:]
+
+
+def test_a_hung_process_makes_the_other_exit_after_the_heartbeat_timeout(tmp_path):
+    config_file = tmp_path / "toy_mp.py"
+    config_file.write_text(CONFIG)
+    workdir = tmp_path / "w"
+    procs, outputs = _start_pair(config_file, workdir, 100000, "--heartbeat_timeout_seconds=5")
+    _wait_until_training(procs, outputs)
+    procs[1].send_signal(signal.SIGSTOP)  # alive but silent: no collective fails, no heartbeat either
+    status, out = _survivor_output(procs, outputs, 1)
+    assert status != 0, out[-3000:]
+    # JAX's coordination service names the silent process; the survivor's client then ends it.
+    assert re.search(r"tasks are unhealthy \(stopped sending heartbeats\):\s*1\b", out), out[-3000:]
