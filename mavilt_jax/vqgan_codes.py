@@ -1,11 +1,11 @@
 """Encode a radiograph into VQ-GAN codes, or decode codes back into a PNG.
 
-  python -m mavilt_jax.tokenize_cli encode --checkpoint DIR --image x.png --out codes.npy
-  python -m mavilt_jax.tokenize_cli decode --checkpoint DIR --codes codes.npy --out y.png
+  python -m mavilt_jax.vqgan_codes encode --checkpoint DIR --image x.png --out codes.npy
+  python -m mavilt_jax.vqgan_codes decode --checkpoint DIR --codes codes.npy --out y.png
 
-``DIR`` is a tokenizer training workdir (or its ``checkpoints/`` folder). Colour images are
-converted to grayscale and resized to the tokenizer's resolution. Codes are saved as int32
-[h * w] (row-major latent grid). Bad arguments exit with a message and status 2.
+``DIR`` is a VQ-GAN training workdir (stage ``vqgan``, or its ``checkpoints/`` folder). Colour
+images are converted to grayscale; square images are resized to the VQ-GAN's resolution. Codes
+are saved as int32 [h * w] (row-major latent grid). Bad arguments exit with a message and status 2.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _load(checkpoint: str):
     try:
         cfg, params = vqgan.load_vqgan(checkpoint)
     except (FileNotFoundError, KeyError, ValueError) as e:
-        raise UsageError(f"cannot load a tokenizer from {checkpoint!r}: {e}") from e
+        raise UsageError(f"cannot load a VQ-GAN from {checkpoint!r}: {e}") from e
     return vqgan.VQGAN(cfg), cfg, params
 
 
@@ -90,14 +90,14 @@ def decode(checkpoint: str, codes_path: str, out: str) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     from mavilt_jax import cli
 
-    parser = cli.ArgumentParser(prog="python -m mavilt_jax.tokenize_cli", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m mavilt_jax.vqgan_codes", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     enc = sub.add_parser("encode", help="image file -> codes .npy")
-    enc.add_argument("--checkpoint", required=True, help="tokenizer training workdir (or its checkpoints/ folder)")
+    enc.add_argument("--checkpoint", required=True, help="VQ-GAN training workdir (or its checkpoints/ folder)")
     enc.add_argument("--image", required=True, help="PNG/JPEG radiograph (square; colour becomes grayscale)")
     enc.add_argument("--out", required=True, help="codes .npy to write (int32 [h * w])")
     dec = sub.add_parser("decode", help="codes .npy -> PNG")
-    dec.add_argument("--checkpoint", required=True, help="tokenizer training workdir (or its checkpoints/ folder)")
+    dec.add_argument("--checkpoint", required=True, help="VQ-GAN training workdir (or its checkpoints/ folder)")
     dec.add_argument("--codes", required=True, help="codes .npy (int32 [h * w])")
     dec.add_argument("--out", required=True, help="PNG to write")
     args = parser.parse_args(argv)

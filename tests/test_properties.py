@@ -428,10 +428,10 @@ def test_inference_image_reader_rejects_bad_images(name):
 
 
 @pytest.mark.parametrize("name", sorted(BAD_IMAGES))
-def test_tokenize_cli_turns_bad_images_into_usage_errors(tmp_path, name):
-    from mavilt_jax import tokenize_cli
+def test_vqgan_codes_turns_bad_images_into_usage_errors(tmp_path, name):
+    from mavilt_jax import vqgan_codes
 
     path = tmp_path / "x.png"
     path.write_bytes(BAD_IMAGES[name])
-    with pytest.raises(tokenize_cli.UsageError):
-        tokenize_cli.read_image(str(path))
+    with pytest.raises(vqgan_codes.UsageError):
+        vqgan_codes.read_image(str(path))

@@ -120,7 +120,7 @@ SMOKE: dict[str, Smoke] = {
     "mavilt_jax.evaluation.real_vqa --reports_csv": Smoke(
         replace=(("indiana_reports.csv", "{reports_csv}"), ("iu_vqa.jsonl", "{out}/iu_vqa.jsonl")),
         writes=("{out}/iu_vqa.jsonl",)),
-    "mavilt_jax.tokenize_cli encode": Smoke(
+    "mavilt_jax.vqgan_codes encode": Smoke(
         replace=(("DIR", "{job}/vqgan"), ("x.png", "{png}"), ("codes.npy", "{out}/codes.npy")),
         writes=("{out}/codes.npy",), stdout=r"wrote \d+ codes"),
     "mavilt_jax.reader_study create": Smoke(

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from configs import vqgan as vqgan_config
-from mavilt_jax import tokenize_cli
+from mavilt_jax import vqgan_codes
 from mavilt_jax.data import phantoms
 from mavilt_jax.evaluation import image_metrics
 from mavilt_jax.models import vqgan
@@ -145,14 +145,14 @@ def test_training_loop_load_vqgan_and_cli(tmp_path, capsys):
     assert cfg.image_size == 32 and cfg.codebook_size == 32 and cfg.code_dim == 4
     image = _studies(1)[0]["image"]
     Image.fromarray(image[..., 0]).save(tmp_path / "x.png")
-    assert tokenize_cli.main(["encode", "--checkpoint", workdir, "--image", str(tmp_path / "x.png"),
-                              "--out", str(tmp_path / "codes.npy")]) == 0
+    assert vqgan_codes.main(["encode", "--checkpoint", workdir, "--image", str(tmp_path / "x.png"),
+                             "--out", str(tmp_path / "codes.npy")]) == 0
     codes = np.load(tmp_path / "codes.npy")
     model = vqgan.VQGAN(cfg)
     expected = model.apply({"params": params}, vqgan.to_model_range(image[None]), method=model.encode)[0]
     np.testing.assert_array_equal(codes, expected)
-    assert tokenize_cli.main(["decode", "--checkpoint", workdir, "--codes", str(tmp_path / "codes.npy"),
-                              "--out", str(tmp_path / "y.png")]) == 0
+    assert vqgan_codes.main(["decode", "--checkpoint", workdir, "--codes", str(tmp_path / "codes.npy"),
+                             "--out", str(tmp_path / "y.png")]) == 0
     decoded = np.asarray(Image.open(tmp_path / "y.png"))
     expected_pixels = vqgan.to_uint8(model.apply({"params": params}, codes[None], method=model.decode))[0, :, :, 0]
     np.testing.assert_array_equal(decoded, expected_pixels)
@@ -189,6 +189,34 @@ def test_training_loop_load_vqgan_and_cli(tmp_path, capsys):
         (["frobnicate"], "invalid choice"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
-            tokenize_cli.main(argv)
+            vqgan_codes.main(argv)
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_old_cli_name_runs_the_vqgan_codes_tool_with_a_deprecation_warning(tmp_path, monkeypatch, capsys):
+    import runpy
+    import sys
+
+    sys.modules.pop("mavilt_jax.tokenize_cli", None)
+    with pytest.warns(DeprecationWarning, match="mavilt_jax.vqgan_codes"):
+        from mavilt_jax import tokenize_cli
+    assert tokenize_cli.main is vqgan_codes.main and tokenize_cli.UsageError is vqgan_codes.UsageError
+    # `python -m mavilt_jax.tokenize_cli ...` as a user types it: a warning line, then the tool.
+    monkeypatch.setattr(sys, "argv", ["tokenize_cli", "encode", "--checkpoint", str(tmp_path / "missing"),
+                                      "--image", "x.png", "--out", str(tmp_path / "c.npy")])
+    monkeypatch.delitem(sys.modules, "mavilt_jax.tokenize_cli")  # run as a script, not the imported module
+    with pytest.warns(DeprecationWarning), pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("mavilt_jax.tokenize_cli", run_name="__main__")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "warning: python -m mavilt_jax.tokenize_cli is deprecated; use python -m mavilt_jax.vqgan_codes"
+    assert err[1].startswith("python -m mavilt_jax.vqgan_codes: error: --checkpoint") and "not a directory" in err[1]
+
+
+def test_clinical_vqgan_without_phi_refuses_to_start():
+    # lambda_feat > 0 (Eq. 4's feature term) needs the trained CXR encoder phi; no random stand-in.
+    config = vqgan_config.config(runlocal=True, **{"loss.lambda_feat": 0.1})
+    assert not config.phi.checkpoint
+    with pytest.raises(ValueError, match=r"lambda_feat > 0 needs phi.checkpoint"):
+        vqgan_stage.VQGANStage(config)
