@@ -18,8 +18,12 @@ Made on first use instead (cheap, deterministic, expected): the synthetic TFDS d
 (`mavilt_jax.data.pipeline`), the BPE text tokenizer (text pretraining), the extended vocabulary
 (kept in the workdir), and the import of the SmolLM2 GGUF into the model's parameters.
 
-Training code called directly (tests, notebooks) is not checked: there a stage without a VQ-GAN
-checkpoint uses a random one of the configured shape on purpose.
+Training code called directly (tests, notebooks) is not checked here, but the stages refuse to
+start without their frozen networks too: stages 1 and 2 without a VQ-GAN checkpoint, and a VQ-GAN
+with ``loss.lambda_feat > 0`` without phi, raise ValueError (`Stage1.setup`, `VQGANStage`); only
+``vqgan.allow_random=True`` (tests, AOT compile checks) / ``phi.allow_random=True`` (tests) give
+a random network of the configured shape. Tests: tests/test_prerequisites.py (the CLI's exit 2) and
+tests/test_seams.py (the stage's error).
 """
 
 from __future__ import annotations
