@@ -15,7 +15,8 @@ step (same test split, judge, controls):
   no_recon              stage 1 and 2 without L_recon (``recon=0``)
   no_anchor             stage 1 and 2 without the weight anchor of Eq. 11 (``reg=0``)
 
-``--only a,b`` runs a subset; ``--steps N`` shortens every training step (a smoke run, not a
+``--only a,b`` runs a subset; ``--full_eval`` adds the figures the table does not show (METEOR,
+Inception FD, code probe, guidance sweep); ``--steps N`` shortens every training step (a smoke run, not a
 result); ``--smoke`` runs the main job's smoke variant (over a ``configs/demo.py:smoke`` base).
 A finished ablation is skipped on a rerun (the pipeline resumes), so the command can be
 continued after an interruption. Prints the table and writes ``--out/ablations.json`` and
@@ -36,9 +37,11 @@ ABLATIONS = ("no_clinical_loss", "fixed_instructions", "no_stage1", "no_recon", 
 
 
 def ablation_config(name: str, base: str, steps: int | None = None, model: str = "cpu",
-                    long: bool = False, smoke: bool = False) -> ml_collections.ConfigDict:
+                    long: bool = False, smoke: bool = False, full_eval: bool = False) -> ml_collections.ConfigDict:
     """The main job's pipeline with ablation ``name``; steps it shares with the full method point at ``base``.
-    ``smoke``: as the main job's smoke variant (3 steps, the tiny LLM, 8 test studies, fast evaluation)."""
+    ``smoke``: as the main job's smoke variant (3 steps, the tiny LLM, 8 test studies, fast evaluation).
+    The evaluation is the main job's on all test studies, without the figures the table does not show
+    (METEOR, Inception FD, code probe, guidance sweep) unless ``full_eval``."""
     from configs import demo, stage1, stage2, vqgan
 
     if smoke:
@@ -66,7 +69,7 @@ def ablation_config(name: str, base: str, steps: int | None = None, model: str =
                                         **{"text_checkpoint": text})
     else:
         raise ValueError(f"unknown ablation {name!r}; known: {', '.join(ABLATIONS)}")
-    pipeline.evaluation = demo.evaluation_config(max_studies=8 if smoke else 0, fast=smoke)
+    pipeline.evaluation = demo.evaluation_config(max_studies=8 if smoke else 0, fast=smoke or not full_eval)
     pipeline.evaluation.judge = f"{base}/judge"
     config = ml_collections.ConfigDict()
     config.stage = "pipeline"
@@ -106,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="cpu", help="LLM size, as the main job's model= variant")
     parser.add_argument("--long", action="store_true", help="the main job's long variant")
     parser.add_argument("--smoke", action="store_true", help="the main job's smoke variant (tiny, 3 steps, 8 studies)")
+    parser.add_argument("--full_eval", action="store_true",
+                        help="also METEOR, Inception FD, the code probe and the guidance sweep of every ablation")
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(ABLATIONS)
     unknown = sorted(set(names) - set(ABLATIONS))
@@ -123,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         workdir = out / name
         with progress.context(f"[ablation {name}]"):
-            train.run_pipeline(ablation_config(name, str(base), args.steps, args.model, args.long, args.smoke), str(workdir))
+            train.run_pipeline(ablation_config(name, str(base), args.steps, args.model, args.long, args.smoke,
+                                               args.full_eval), str(workdir))
         rows[name] = summary_row(json.loads((workdir / "results.json").read_text()))
     table = render(rows)
     (out / "ablations.json").write_text(json.dumps(rows, indent=2))

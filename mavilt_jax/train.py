@@ -30,6 +30,9 @@ from mavilt_jax import checkpointing, locks, progress, sharding
 from mavilt_jax.stages import get_stage_class
 from mavilt_jax.stages.base import Stage, TrainState
 
+# One JSON line per evaluation ({"step": ..., validation figures}) in the workdir: the learning curve.
+EVAL_HISTORY = "eval_history.jsonl"
+
 
 class NonFiniteLossError(FloatingPointError):
     """A measurement of the train step became NaN or Inf; the run stops without saving."""
@@ -250,6 +253,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 with report_progress.timed("eval"):
                     result["eval"] = evaluate(state)
                 writer.write_scalars(step, {f"val/{k}": v for k, v in result["eval"].items()})
+                if jax.process_index() == 0:  # the learning curve, kept across resumes
+                    with (epath.Path(workdir) / EVAL_HISTORY).open("a") as f:
+                        f.write(json.dumps({"step": step, **result["eval"]}) + "\n")
             preempted = notice.received if jax.process_count() == 1 else ckpt.manager.reached_preemption(step)
             if preempted or step == total_steps or ckpt.should_save(step):
                 ckpt.save(step, state, train_iter, force=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -119,3 +121,19 @@ def test_training_wording_diagnostic_picks_the_first_training_instruction():
     assert template("train", True, "report") is None  # the fixed-instruction ablation keeps its one wording
     with pytest.raises(ValueError, match="wording"):
         generate.GenerationConfig(wording="heldout")
+
+
+def test_learning_curves_read_thin_and_render(tmp_path):
+    from mavilt_jax.evaluation import curves
+
+    lines = [{"step": 100, "text_ce": 1.0, "text_ce_other_image": 1.5, "image_gain": 0.5},
+             {"step": 300, "text_ce": 0.5, "text_ce_other_image": 0.75, "image_gain": 0.25},
+             {"step": 200, "text_ce": 0.9, "text_ce_other_image": 1.0, "image_gain": 0.1},
+             {"step": 300, "text_ce": 0.4, "text_ce_other_image": 0.7, "image_gain": 0.3}]  # a resumed rerun of 300
+    (tmp_path / "eval_history.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    history = curves.read_history(tmp_path)
+    assert [h["step"] for h in history] == [100, 200, 300] and history[-1]["text_ce"] == 0.4
+    assert curves.read_history(tmp_path / "missing") == []
+    assert [r["step"] for r in curves.thin([{"step": i} for i in range(11)], 3)] == [0, 5, 10]
+    text = curves.render({"stage 1": history, "stage 2": []})
+    assert "| 300 | 0.4000 | 0.7000 | 0.3000 |" in text and "### stage 2" not in text

@@ -150,8 +150,15 @@ def test_every_stage_evaluates_and_samples_in_the_loop(job):
     # Stage-1/2 eval losses: next-token cross-entropy of a near-uniform tiny model, about log(V).
     vocab = ExtendedVocab.load(job / "stage1" / lm.VOCAB_DIR)
     for name in ("stage1", "stage2"):
-        ce = json.loads((job / name / "result.json").read_text())["eval"]["task_loss"]
+        result = json.loads((job / name / "result.json").read_text())
+        ce = result["eval"]["task_loss"]
         assert abs(ce - math.log(vocab.size)) < 1.0, (name, ce, math.log(vocab.size))
+        # The reading curve: the text CE with another study's image, and the gain, at every evaluation.
+        ev = result["eval"]
+        assert ev["image_gain"] == pytest.approx(ev["text_ce_other_image"] - ev["text_ce"], abs=1e-5), name
+        history = [json.loads(line) for line in (job / name / "eval_history.jsonl").read_text().splitlines()]
+        assert history[-1]["step"] == result["step"] and history[-1]["text_ce"] == pytest.approx(ev["text_ce"]), name
+        assert [h["step"] for h in history] == sorted({h["step"] for h in history}), name
 
 
 def config_num_samples(job, name: str) -> int:

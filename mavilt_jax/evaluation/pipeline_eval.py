@@ -136,7 +136,7 @@ def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.Con
     from PIL import Image
 
     from mavilt_jax.data import sequences
-    from mavilt_jax.evaluation import conditional, generate, probe, report_card, suite
+    from mavilt_jax.evaluation import conditional, curves, generate, probe, report_card, suite
 
     out = pathlib.Path(out_dir)
     pred_dir = out / "predictions"
@@ -257,6 +257,10 @@ def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.Con
     generator.cfg = gen_cfg
     results["guidance_sweep"] = sweep
     lap("guidance_sweep")
+
+    # ---- learning curves of the LLM stages ------------------------------------------------------
+    stage_dirs = {"stage 1": model_config.get("init_from") or "", model_config.stage.replace("stage", "stage "): model_workdir}
+    results["learning_curves"] = {name: curves.read_history(d) for name, d in stage_dirs.items() if d}
 
     results["timings_s"] = timings
     results["bars"] = check_bars(results, ec.bars.to_dict() if ec.get("bars") else {})
@@ -402,6 +406,10 @@ def render_card(results: Mapping) -> str:
             cells = [_cell(_get(res, p[1:]), 2 if k.startswith("fd_") else 3)
                      for k, _, p in SUMMARY_COLUMNS if p[0] == "report_to_image"]
             lines.append(f"| {scale} | " + " | ".join(cells) + " |")
+    if results.get("learning_curves"):
+        from mavilt_jax.evaluation import curves
+
+        lines.append(curves.render(results["learning_curves"]).rstrip("\n"))
     if results.get("timings_s"):
         lines += ["", "Evaluation wall time (s): " + ", ".join(f"{k} {v}" for k, v in results["timings_s"].items())]
     return "\n".join(lines) + "\n"

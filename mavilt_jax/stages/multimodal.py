@@ -39,7 +39,7 @@ from mavilt_jax.deprecation import moved_attributes
 from mavilt_jax.models import cxr_encoder, vqgan
 from mavilt_jax.models.embeddings import extend_embeddings
 from mavilt_jax.stages import lm
-from mavilt_jax.stages.base import Batch, TrainState
+from mavilt_jax.stages.base import Batch, Measurements, TrainState
 
 # The shared LM stage moved to `mavilt_jax.stages.lm` (old names kept for a while).
 __getattr__ = moved_attributes(__name__, {
@@ -210,6 +210,18 @@ class Stage1(lm.LMStage):
         self.write_samples(writer, step, workdir, texts)
         if jax.process_index() == 0:
             writer.write_images(step, {"samples/true_recon_generated": vqgan.to_uint8(grid)})
+
+    def eval_step(self, state: TrainState, batch: Batch) -> Measurements:
+        """The validation losses, and how much the radiograph tells the model: the text CE again with
+        every example given the PREVIOUS example's radiograph (``text_ce_other_image``) and the
+        difference ``image_gain`` (nats per scored text token; 0: the image is ignored). Logged at
+        every evaluation, it is the learning curve of reading (``eval_history.jsonl``)."""
+        m = dict(super().eval_step(state, batch))
+        if "image" in batch:  # pre-tokenized batches carry codes in the tokens: no image to swap
+            other = dict(super().eval_step(state, dict(batch, image=jnp.roll(batch["image"], 1, axis=0))))
+            m["text_ce_other_image"] = other["text_ce"]
+            m["image_gain"] = other["text_ce"] - m["text_ce"]
+        return m
 
     # ---- step pieces ----------------------------------------------------------------------------
     def prepare_batch(self, frozen: Any, batch: Batch) -> dict[str, jax.Array]:
