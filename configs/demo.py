@@ -68,6 +68,10 @@ def config(*, steps: int | None = None, model: str = "cpu", long: bool = False, 
     pipeline.stage2 = stage2.config(runlocal=True, model=model, stage1=f"{root}/stage1", tokenizer=f"{root}/vqgan",
                                     phi=f"{root}/cxr_encoder", steps=n["stage2"])
     pipeline.evaluation = evaluation_config(max_studies=eval_studies, fast=fast_eval)
+    # The reading curve (image_gain at every evaluation) needs ~100 validation studies to rise
+    # above its noise; the stage configs' runlocal default (2 batches, 16 studies) does not.
+    for name in ("stage1", "stage2"):
+        pipeline[name].eval_max_batches = 2 if smoke else 16
     if smoke:
         for name in STEPS:
             pipeline[name].disable_most_optimizations = True
