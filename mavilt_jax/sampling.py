@@ -32,10 +32,9 @@ import jax.numpy as jnp
 
 from mavilt_jax.data.vocab import VocabLayout
 from mavilt_jax.models.int8 import quantize_int8
-from mavilt_jax.models.llm import Decoder, KVCache, LLMConfig, init_cache
+from mavilt_jax.models.llm import MASKED_LOGIT, Decoder, KVCache, LLMConfig, init_cache
 
 Array = jax.Array
-_NEG = -1e30  # masked logit: finite so that softmax over a fully masked row gives no NaN
 _MODES = ("text", "image", "any")
 
 
@@ -161,12 +160,12 @@ def _bisect_threshold(values: Array, lo: Array, hi: Array, keep_enough, iteratio
 
 
 def _truncate(logits: Array, top_k: int, top_p: float) -> Array:
-    """Top-k then nucleus (top-p) filtering of logits [B, V]: the rest is set to _NEG."""
+    """Top-k then nucleus (top-p) filtering of logits [B, V]: the rest is set to MASKED_LOGIT."""
     top = jnp.max(logits, axis=-1)
     if top_k:
         # keep the k largest: the largest t with at least k logits >= t (ties at the k-th are kept)
         kth = _bisect_threshold(logits, top - 1e4, top + 1.0, lambda kept: jnp.sum(kept, -1) >= top_k)
-        logits = jnp.where(logits >= kth[:, None], logits, _NEG)
+        logits = jnp.where(logits >= kth[:, None], logits, MASKED_LOGIT)
     if top_p < 1.0:
         # the smallest set of most likely tokens whose mass reaches top_p
         logp = jax.nn.log_softmax(logits, axis=-1)
@@ -174,7 +173,7 @@ def _truncate(logits: Array, top_k: int, top_p: float) -> Array:
         top_logp = jnp.max(logp, axis=-1)
         cut = _bisect_threshold(logp, top_logp - 100.0, top_logp + 1.0,
                                 lambda kept: jnp.sum(jnp.where(kept, probs, 0.0), -1) >= top_p)
-        logits = jnp.where(logp >= cut[:, None], logits, _NEG)
+        logits = jnp.where(logp >= cut[:, None], logits, MASKED_LOGIT)
     return logits
 
 
@@ -254,7 +253,7 @@ def _generate(params, prompt_tokens, prompt_lengths, rng, *, config: LLMConfig, 
         if guided:  # uncond + scale * (cond - uncond), written so that scale 1 gives cond exactly
             guided_logits = guided_logits + (sampler.guidance_scale - 1.0) * (guided_logits - s.logits[B:])
         allowed = _allowed_tokens(layout, sampler.mode, config.vocab_size, s.in_image, s.codes_done)
-        constrained = jnp.where(allowed, guided_logits, _NEG)  # [B, V]
+        constrained = jnp.where(allowed, guided_logits, MASKED_LOGIT)  # [B, V]
         if sampler.greedy:
             token = jnp.argmax(constrained, axis=-1)
         else:
@@ -348,11 +347,11 @@ def _beam_search(params, prompt_tokens, prompt_lengths, *, config: LLMConfig, la
                     end_index=cache.end_index)
     logits, pad, last_position = (jnp.repeat(x, W, axis=0) for x in (logits, pad, last_position))
     allowed = _allowed_tokens(layout, "text", V, jnp.zeros((1,), bool), jnp.zeros((1,), jnp.int32))  # [1, V]
-    pad_only = jnp.where(jnp.arange(V) == layout.pad_id, 0.0, _NEG)  # a finished beam can only extend by <pad>
+    pad_only = jnp.where(jnp.arange(V) == layout.pad_id, 0.0, MASKED_LOGIT)  # a finished beam can only extend by <pad>
     init = _BeamState(
         step=jnp.zeros((), jnp.int32), logits=logits, cache=cache,
         # all beams start equal: only beam 0 may expand at the first step, so the W kept are distinct
-        scores=jnp.tile(jnp.where(jnp.arange(W) == 0, 0.0, _NEG), (B, 1)),
+        scores=jnp.tile(jnp.where(jnp.arange(W) == 0, 0.0, MASKED_LOGIT), (B, 1)),
         finished=jnp.zeros((B, W), bool), tokens=jnp.full((B, W, N), layout.pad_id, jnp.int32),
         lengths=jnp.zeros((B, W), jnp.int32),
     )
@@ -361,7 +360,7 @@ def _beam_search(params, prompt_tokens, prompt_lengths, *, config: LLMConfig, la
         return (s.step < N) & ~jnp.all(s.finished)
 
     def body(s: _BeamState):
-        logp = jax.nn.log_softmax(jnp.where(allowed, s.logits, _NEG), axis=-1).reshape(B, W, V)
+        logp = jax.nn.log_softmax(jnp.where(allowed, s.logits, MASKED_LOGIT), axis=-1).reshape(B, W, V)
         logp = jnp.where(s.finished[:, :, None], pad_only, logp)
         candidates = (s.scores[:, :, None] + logp).reshape(B, W * V)
         scores, flat = jax.lax.top_k(candidates, W)  # [B, W]

@@ -42,7 +42,11 @@ from flax.linen.dtypes import promote_dtype
 from mavilt_jax.models.int8 import Int8Embed
 
 Array = jax.Array
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite, so fully masked rows give no NaN
+# The one value of a masked logit (attention here; sampling filters, constraints and beam scores in
+# sampling.py). Finite, so a softmax over a fully masked row gives no NaN; far enough below any real
+# logit that exp() of it is exactly 0 in float32 next to one unmasked entry; small enough that
+# beam search can add several masked scores without overflowing to -inf (-0.7 * float32 max cannot).
+MASKED_LOGIT = -1e30
 
 
 def constrain(x: jax.Array, names: tuple[str, ...]) -> jax.Array:
@@ -302,7 +306,7 @@ class Attention(nn.Module):
             B, T = q.shape[:2]
             qg = q.reshape(B, T, K, N // K, H)  # [B, T, K, G, H]
             logits = jnp.einsum("btkgh,bskh->bkgts", qg, k).astype(jnp.float32) * scale  # [B, K, G, T, S]
-            logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
+            logits = jnp.where(mask[:, None, None, :, :], logits, MASKED_LOGIT)
             probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
             out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(B, T, N, H)  # [B, T, N, H]
 
