@@ -18,7 +18,8 @@ Intensity rules (every source ends as uint8, 0 black, 255 white):
     as the builders do for 16-bit images; a constant image becomes all zeros;
   - DICOM: the Modality LUT (rescale slope / intercept) first, then the file's VOI transform when
     it has one (Window Center / Width with its VOI LUT Function, or a VOI LUT Sequence; the first
-    view), whose whole output range maps to [0, 255]; without one, min-max as above; finally
+    view), whose whole output range maps to [0, 255]; without one, or with a window narrower than
+    the standard allows (width < 1 for LINEAR, <= 0 otherwise), min-max as above; finally
     MONOCHROME1 (0 is white) is inverted so that the result reads like MONOCHROME2.
 
 Every input that cannot be a radiograph raises `ImageError` with a one-line message: a missing or
@@ -177,7 +178,7 @@ def read_dicom(data: bytes, name: str = "the DICOM file") -> np.ndarray:
     """DICOM file bytes -> uint8 [H, W]: Modality LUT, the file's VOI window / LUT, MONOCHROME1 inverted."""
     try:
         import pydicom
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+        from pydicom.pixels import apply_modality_lut
     except ImportError as e:
         raise ImageError("reading DICOM needs pydicom (pip install pydicom)") from e
     try:
@@ -192,17 +193,28 @@ def read_dicom(data: bytes, name: str = "the DICOM file") -> np.ndarray:
     if int(ds.get("SamplesPerPixel", 1)) > 1:  # colour: pydicom returns RGB (YBR is converted)
         return to_grayscale(pixels)
     values = apply_modality_lut(pixels, ds).astype(np.float64)
-    if _has_voi(ds):
-        values = apply_voi_lut(values, ds, index=0)
-        # The VOI output range: its values for inputs far below and above every window or LUT.
-        lo, hi = apply_voi_lut(np.array([-1e15, 1e15]), ds, index=0).astype(np.float64)
-        lo, hi = min(lo, hi), max(lo, hi)
-        out = np.round(np.clip((values - lo) / max(hi - lo, 1e-12), 0.0, 1.0) * 255.0).astype(np.uint8)
-    else:
+    out = _voi_uint8(values, ds) if _has_voi(ds) else None
+    if out is None:
         out = to_grayscale(values)
     if photometric == "MONOCHROME1":
         out = 255 - out
     return out
+
+
+def _voi_uint8(values: np.ndarray, ds: Any) -> np.ndarray | None:
+    """The file's VOI transform with its whole output range mapped to [0, 255]; None when the file's
+    window is unusable (a width below the minimum of its VOI LUT Function, PS3.3 C.11.2.1.2), which
+    is then ignored as if absent."""
+    from pydicom.pixels import apply_voi_lut
+
+    try:
+        windowed = apply_voi_lut(values, ds, index=0)
+        # The VOI output range: its values for inputs far below and above every window or LUT.
+        lo, hi = apply_voi_lut(np.array([-1e15, 1e15]), ds, index=0).astype(np.float64)
+    except ValueError:  # pydicom refuses such a window
+        return None
+    lo, hi = min(lo, hi), max(lo, hi)
+    return np.round(np.clip((windowed - lo) / max(hi - lo, 1e-12), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _has_voi(ds: Any) -> bool:
