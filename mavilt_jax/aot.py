@@ -2,7 +2,7 @@
 
   python -m mavilt_jax.aot --config=configs/stage1.py:model=7b --topology=v5p-64
   python -m mavilt_jax.aot --config=configs/accelerators.py:name=7b   # topology from the config
-  python -m mavilt_jax.aot --all                                      # every named configuration
+  python -m mavilt_jax.aot --all --quick                              # every named configuration
 
 Builds, from shapes only (``jax.eval_shape``: no parameter is ever materialised, no checkpoint or
 tokenizer is read), what the training loop would run: the stage-1 and stage-2 update steps
@@ -14,7 +14,9 @@ describes devices that are not attached), and the compiled program reports per-c
 Printed per program: memory per chip (arguments, outputs, temporaries, code; donated state
 counted once) against the chip's HBM, parameter / optimizer / frozen bytes per chip, the sharding
 of the largest arrays, and the tokens/s/chip that XLA's cost analysis predicts (roofline: the
-larger of FLOPs / peak FLOP/s and bytes / HBM bandwidth, so an upper bound).
+larger of FLOPs / peak FLOP/s and bytes / HBM bandwidth, so an upper bound; the scanned layers,
+which the cost analysis counts once, are added for every trip). ``--quick`` compiles at XLA's
+lowest run-time effort: several times faster, the same memory-fitting effort.
 
 Exit status: 0 all programs fit; 1 one does not (the line says by how much); 2 a user error
 (unknown slice, no libtpu, bad config), one line.
@@ -27,12 +29,13 @@ out of the compiled step (``lambda_feat`` 0): it needs that encoder's checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ml_collections
@@ -186,7 +189,7 @@ def _largest(tree, n: int = 5) -> list[str]:
     return out
 
 
-def _measure(program: str, lowered, chip, num_chips: int, tokens_per_step: int) -> Report:
+def _measure(program: str, lowered, chip, tokens_per_step: int) -> Report:
     """Compiles ``lowered``; memory from the compiled program, or the compiler's OOM message."""
     try:
         compiled = lowered.compile()
@@ -202,12 +205,25 @@ def _measure(program: str, lowered, chip, num_chips: int, tokens_per_step: int) 
     memory["used"] = memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["code"]
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
-    report = Report(program, memory, chip.hbm_bytes, flops=float(cost.get("flops", 0.0)),
-                    bytes_accessed=float(cost.get("bytes accessed", 0.0)), tokens_per_step=tokens_per_step)
+    return Report(program, memory, chip.hbm_bytes, flops=float(cost.get("flops", 0.0)),
+                  bytes_accessed=float(cost.get("bytes accessed", 0.0)), tokens_per_step=tokens_per_step)
+
+
+def _predict(report: Report, chip, num_chips: int, loop_flops: float = 0.0, min_flops: float = 0.0,
+             min_bytes: float = 0.0) -> None:
+    """Roofline tokens/s/chip: the larger of FLOPs / peak and bytes / HBM bandwidth.
+
+    XLA's cost analysis counts the body of a while loop once (checked: a 10-step scan of matmuls
+    costs one matmul), so the scanned layer stack is in ``report.flops`` once: ``loop_flops`` adds
+    the other trips (matmul FLOPs of the layers, 2 per parameter and token forward, 4 backward, 2
+    more with full remat), ``min_flops`` / ``min_bytes`` are floors for the decoding loop."""
+    if report.error:
+        return
+    report.flops = max(report.flops + loop_flops, min_flops)
+    report.bytes_accessed = max(report.bytes_accessed, min_bytes)
     seconds = max(report.flops / chip.peak_flops, report.bytes_accessed / chip.hbm_bandwidth)
-    if seconds > 0 and tokens_per_step:
-        report.tokens_per_s_per_chip = tokens_per_step / num_chips / seconds
-    return report
+    if seconds > 0 and report.tokens_per_step:
+        report.tokens_per_s_per_chip = report.tokens_per_step / num_chips / seconds
 
 
 def compile_programs(config: ml_collections.ConfigDict, devices: Sequence, chip, num_slices: int = 1,
@@ -246,8 +262,18 @@ def compile_programs(config: ml_collections.ConfigDict, devices: Sequence, chip,
             with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
                 lowered = train.make_update_step(stage, state_shardings, mesh).lower(state, batch, rng)
             tokens = math.prod(batch["tokens"].shape)
-        report = _measure(program, lowered, chip, len(devices), tokens)
+        report = _measure(program, lowered, chip, tokens)
         report.state_bytes = {k: _per_chip_bytes(getattr(state, k)) for k in ("params", "opt_state", "frozen")}
+        llm, chips = stage.llm_config, len(devices)
+        layer_params = sum(x.size for x in jax.tree.leaves(state.params["layers"])) if llm.scan_layers else 0
+        if program == "sampler":  # every new token reads every parameter; 2 FLOPs per parameter and token
+            every = sum(x.size for x in jax.tree.leaves(state.params))
+            _predict(report, chip, chips, min_flops=2 * every * rows * config.sequence.max_len / chips,
+                     min_bytes=(n + 2) * report.state_bytes["params"])
+        else:
+            per_token = 8 if llm.remat == "full" else 6
+            _predict(report, chip, chips, loop_flops=per_token * layer_params * (llm.num_layers - 1) / llm.num_layers
+                     * tokens / chips)
         report.largest = _largest({"params": state.params, "opt_state": state.opt_state, "frozen": state.frozen})
         reports.append(report)
     return reports
@@ -283,6 +309,39 @@ def verdict(r: Report) -> str:
     if m <= hbm:
         return f"{r.program}: fits, {m / GIB:.2f} of {hbm / GIB:.2f} GiB per chip ({(hbm - m) / GIB:.2f} GiB free)"
     return f"{r.program}: DOES NOT FIT, needs {m / GIB:.2f} GiB per chip, {(m - hbm) / GIB:.2f} GiB over the {hbm / GIB:.2f} GiB HBM"
+
+
+def summary_table(rows: Sequence[tuple[str, str, Report]]) -> str:
+    """One line per (configuration, slice, program): memory per chip against HBM, fits, tokens/s/chip."""
+    lines = [f"{'config':<12} {'slice':<13} {'program':<8} {'memory/chip used of HBM':<28} {'fits':<5} tokens/s/chip"]
+    for name, where, r in rows:
+        if r.error:  # the compiler's own figures, when it refused
+            sizes = re.search(r"\(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)", r.error)
+            memory = f"{sizes[1]}G of {sizes[2]}G (refused)" if sizes else "(compiler refused)"
+        else:
+            memory = f"{r.memory['used'] / GIB:.2f} of {r.hbm_bytes / GIB:.2f} GiB ({100 * r.memory['used'] / r.hbm_bytes:.0f}%)"
+        speed = f"{r.tokens_per_s_per_chip:,.0f}" if r.tokens_per_s_per_chip else "-"
+        lines.append(f"{str(name):<12} {where:<13} {r.program:<8} {memory:<28} {'yes' if r.fits else 'NO':<5} {speed}")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def quick_compile() -> Iterator[None]:
+    """XLA's lowest effort for run time (``O0``, effort -1) while inside: the TPU backend's code
+    generation for the 256 px VQ-GAN convolutions takes most of a train step's compile at the
+    default effort (smollm2 stage 1: 1.3 CPU-minutes instead of more than 6.7). The memory plan
+    keeps the default memory-fitting effort (``jax_memory_fitting_level``)."""
+    import jax
+
+    names = {"jax_exec_time_optimization_effort": -1.0, "jax_optimization_level": "O0"}
+    before = {name: getattr(jax.config, name) for name in names}
+    for name, value in names.items():
+        jax.config.update(name, value)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            jax.config.update(name, value)
 
 
 def sharding_table(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, Any]:
@@ -346,9 +405,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--programs", default=",".join(PROGRAMS), help="comma-separated subset of " + ",".join(PROGRAMS))
     parser.add_argument("--all", action="store_true", help="every named configuration of configs/accelerators.py")
     parser.add_argument("--write_goldens", metavar="DIR", help="write the sharding goldens of the named configurations")
+    parser.add_argument("--quick", action="store_true", help="XLA's lowest run-time optimisation effort: compiles "
+                        "several times faster (memory is still planned at the default fitting effort)")
     args = parser.parse_args(argv)
     # Compile-only TPU devices; the host's own computations (shapes) run on the CPU.
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if args.quick:
+        quick_compile().__enter__()  # for the rest of this process
     if args.write_goldens:
         write_goldens(args.write_goldens)
         return 0
@@ -361,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             jobs = [(_load_config(args.config), args.topology)]
         else:
             raise UserError("give --config=FILE[:VARIANTS] or --all")
-        verdicts = []
+        verdicts, rows = [], []
         for config, topology in jobs:
             aot = config.get("aot") or {}
             topology = topology or aot.get("topology")
@@ -376,10 +439,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             reports = run(config, topology, slices, [p for p in args.programs.split(",") if p])
             name = aot.get("name", args.config)
             verdicts += [f"{name} on {slices} x {topology}: {verdict(r)}" for r in reports]
+            rows += [(name, f"{slices} x {topology}", r) for r in reports]
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print("\n".join(["", "Summary:"] + verdicts))
+    print("\n".join(["", "Summary:", summary_table(rows), ""] + verdicts))
     return 0 if all("DOES NOT FIT" not in v for v in verdicts) else 1
 
 
