@@ -18,13 +18,14 @@ Intensity rules (every source ends as uint8, 0 black, 255 white):
     as the builders do for 16-bit images; a constant image becomes all zeros;
   - DICOM: the Modality LUT (rescale slope / intercept) first, then the file's VOI transform when
     it has one (Window Center / Width with its VOI LUT Function, or a VOI LUT Sequence; the first
-    view), whose whole output range maps to [0, 255]; without one, or with a window narrower than
-    the standard allows (width < 1 for LINEAR, <= 0 otherwise), min-max as above; finally
+    view), whose whole output range maps to [0, 255]; without one, or with an unusable one (a width
+    below the standard's minimum, < 1 for LINEAR and <= 0 otherwise; a centre or width that is not
+    a finite number), min-max as above; finally
     MONOCHROME1 (0 is white) is inverted so that the result reads like MONOCHROME2.
 
 Every input that cannot be a radiograph raises `ImageError` with a one-line message: a missing or
 unreadable file, a file that is not an image, an array of the wrong rank or channel count, a
-side shorter than `MIN_SIDE`, non-finite values, a multi-frame DICOM.
+side shorter than `MIN_SIDE`, non-finite values (a DICOM rescale included), a multi-frame DICOM.
 """
 
 from __future__ import annotations
@@ -192,7 +193,13 @@ def read_dicom(data: bytes, name: str = "the DICOM file") -> np.ndarray:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if int(ds.get("SamplesPerPixel", 1)) > 1:  # colour: pydicom returns RGB (YBR is converted)
         return to_grayscale(pixels)
-    values = apply_modality_lut(pixels, ds).astype(np.float64)
+    try:
+        values = np.asarray(apply_modality_lut(pixels, ds), np.float64)
+    except (TypeError, ValueError) as e:  # a Rescale Slope / Intercept that is not a number
+        raise ImageError(f"{name} has an unusable Modality LUT (rescale slope / intercept): "
+                         f"{' '.join(str(e).split()) or type(e).__name__}") from e
+    if not np.all(np.isfinite(values)):
+        raise ImageError(f"{name}: its rescale slope / intercept give infinite or NaN values")
     out = _voi_uint8(values, ds) if _has_voi(ds) else None
     if out is None:
         out = to_grayscale(values)
@@ -203,17 +210,26 @@ def read_dicom(data: bytes, name: str = "the DICOM file") -> np.ndarray:
 
 def _voi_uint8(values: np.ndarray, ds: Any) -> np.ndarray | None:
     """The file's VOI transform with its whole output range mapped to [0, 255]; None when the file's
-    window is unusable (a width below the minimum of its VOI LUT Function, PS3.3 C.11.2.1.2), which
-    is then ignored as if absent."""
+    window is unusable (a width below the minimum of its VOI LUT Function, PS3.3 C.11.2.1.2, a centre
+    or width that is not a finite number), which is then ignored as if absent."""
     from pydicom.pixels import apply_voi_lut
 
+    if not ds.get("VOILUTSequence"):  # the window is used (pydicom prefers the LUT when both are there)
+        try:
+            window = np.asarray([ds.WindowCenter, ds.WindowWidth], np.float64)
+        except (TypeError, ValueError):  # text, or centres and widths of different counts
+            return None
+        if not np.all(np.isfinite(window)):
+            return None
     try:
-        windowed = apply_voi_lut(values, ds, index=0)
+        windowed = np.asarray(apply_voi_lut(values, ds, index=0), np.float64)
         # The VOI output range: its values for inputs far below and above every window or LUT.
-        lo, hi = apply_voi_lut(np.array([-1e15, 1e15]), ds, index=0).astype(np.float64)
-    except ValueError:  # pydicom refuses such a window
+        lo, hi = np.asarray(apply_voi_lut(np.array([-1e15, 1e15]), ds, index=0), np.float64)
+    except (TypeError, ValueError):  # pydicom refuses such a window, or it holds text
         return None
     lo, hi = min(lo, hi), max(lo, hi)
+    if not (np.isfinite(lo) and np.isfinite(hi) and np.all(np.isfinite(windowed))):
+        return None
     return np.round(np.clip((windowed - lo) / max(hi - lo, 1e-12), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 

@@ -33,6 +33,11 @@ TRANSFER_SYNTAX = ["ExplicitVRLittleEndian", "ImplicitVRLittleEndian", "RLELossl
 # Floats a header may hold: ordinary, zero, negative, huge and tiny (DS strings are at most 16 chars).
 HEADER_FLOAT = st.one_of(st.floats(-5000, 5000, allow_nan=False).map(lambda v: round(v, 3)),
                          st.sampled_from([0.0, -1.0, 1e-9, 1e15, -1e15, 0.5]))
+# ... and what a damaged or careless writer leaves there (pydicom will not write these: patched in).
+HEADER_TEXT = st.sampled_from(["abc", "nan", "inf", "-inf", "1e999", "", "1\\2", "0x10"])
+HEADER_VALUE = st.one_of(HEADER_FLOAT, HEADER_FLOAT, HEADER_FLOAT, HEADER_TEXT)
+# Numbers written in place of header text, then replaced by it (8 characters each, as DS pads them).
+_SENTINELS = {"WindowCenter": 1111.111, "WindowWidth": 2222.222, "RescaleSlope": 3333.333, "RescaleIntercept": 4444.444}
 
 
 @st.composite
@@ -47,15 +52,16 @@ def dicom_spec(draw) -> dict:
         "bits_allocated": 8 if colour else draw(st.sampled_from([8, 16])),
         "signed": (not colour) and draw(st.booleans()),
         "frames": draw(st.sampled_from([1, 1, 1, 2])),
-        "rescale": draw(st.none() | st.tuples(HEADER_FLOAT, HEADER_FLOAT)),
-        "window": draw(st.none() | st.tuples(HEADER_FLOAT, HEADER_FLOAT)),
+        "rescale": draw(st.none() | st.tuples(HEADER_VALUE, HEADER_VALUE)),
+        "window": draw(st.none() | st.tuples(HEADER_VALUE, HEADER_VALUE)),
         "voi_function": draw(st.sampled_from([None, "LINEAR", "LINEAR_EXACT", "SIGMOID", "NONSENSE"])),
         "syntax": draw(st.sampled_from(TRANSFER_SYNTAX)),
         "length_change": draw(st.sampled_from([0, 0, 0, -1, 1, -7])),  # bytes of pixel data off the declared size
         "seed": draw(st.integers(0, 2**16)),
     }
     spec["bits_stored"] = draw(st.integers(1, spec["bits_allocated"]))
-    spec["well_formed"] = (photometric in ("MONOCHROME1", "MONOCHROME2") or (colour and spec["samples"] == 3)) \
+    spec["well_formed"] = all(isinstance(v, float) for v in (spec["rescale"] or ()) + (spec["window"] or ())) \
+        and (photometric in ("MONOCHROME1", "MONOCHROME2") or (colour and spec["samples"] == 3)) \
         and spec["length_change"] == 0 \
         and not (spec["syntax"] == "RLELossless" and spec["bits_allocated"] == 16 and spec["bits_stored"] <= 8)
     # (pydicom 3.0 cannot decode the RLE it encodes from 16 bits allocated with <= 8 stored: the
@@ -94,10 +100,13 @@ def write_dicom_bytes(spec: dict) -> bytes:
         ds.NumberOfFrames = spec["frames"]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = spec["bits_allocated"], spec["bits_stored"], spec["bits_stored"] - 1
     ds.PixelRepresentation = int(spec["signed"])
-    if spec["rescale"] is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = spec["rescale"]
-    if spec["window"] is not None:
-        ds.WindowCenter, ds.WindowWidth = spec["window"]
+    texts = {}
+    for names, values in ((("RescaleSlope", "RescaleIntercept"), spec["rescale"]),
+                          (("WindowCenter", "WindowWidth"), spec["window"])):
+        for name, value in zip(names, values or ()):
+            if isinstance(value, str):
+                texts[name], value = value, _SENTINELS[name]
+            setattr(ds, name, value)
     if spec["voi_function"] is not None:
         ds.VOILUTFunction = spec["voi_function"]
     data, change = pixels.tobytes(), spec["length_change"]
@@ -107,10 +116,14 @@ def write_dicom_bytes(spec: dict) -> bytes:
             ds.compress(RLELossless, encoding_plugin="pydicom")  # sets the transfer syntax
     elif spec["syntax"] == "RLELossless":  # broken RLE: the raw bytes encapsulated as if they were a frame
         ds.file_meta.TransferSyntaxUID = RLELossless
-        ds.PixelData = encapsulate([ds.PixelData])
+        ds.PixelData = encapsulate([ds.PixelData or b"\0\0"])  # (a fragment holds at least 2 bytes)
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    data = buffer.getvalue()
+    for name, text in texts.items():
+        assert data.count(b"%.3f" % _SENTINELS[name]) == 1
+        data = data.replace(b"%.3f" % _SENTINELS[name], text.encode().ljust(8))
+    return data
 
 
 def _read(data: bytes, size: int = 8):
@@ -176,10 +189,12 @@ def test_dicom_files_without_the_marker_are_read_by_their_suffix(tmp_path_factor
     assert pixels.shape == (spec["rows"], spec["columns"]) and pixels.dtype == np.uint8
 
 
-@pytest.mark.parametrize("function, width", [(None, 0.5), ("LINEAR", 0.0), ("LINEAR_EXACT", 0.0), ("SIGMOID", -3.0)])
-def test_a_window_narrower_than_the_standard_allows_is_ignored(function, width):
-    """Found by the property test above: pydicom refuses such a window with ValueError, which
-    escaped the reader. Now the window is ignored: min-max of the stored values, by hand."""
+@pytest.mark.parametrize("function, width", [(None, 0.5), ("LINEAR", 0.0), ("LINEAR_EXACT", 0.0), ("SIGMOID", -3.0),
+                                             (None, "abc"), ("LINEAR", "nan"), (None, "1e999")])
+def test_an_unusable_window_is_ignored(function, width):
+    """Found by the property tests above: pydicom refuses a window narrower than the standard allows
+    with ValueError, and a width that is text with TypeError; both escaped the reader. Now such a
+    window is ignored: min-max of the stored values, computed here by hand."""
     spec = {"rows": 9, "columns": 11, "photometric": "MONOCHROME1", "samples": 1, "bits_allocated": 16,
             "signed": False, "frames": 1, "rescale": None, "window": (300.0, width), "voi_function": function,
             "syntax": "ExplicitVRLittleEndian", "length_change": 0, "seed": 3, "bits_stored": 12, "well_formed": True}
@@ -187,3 +202,13 @@ def test_a_window_narrower_than_the_standard_allows_is_ignored(function, width):
     stored = pydicom.dcmread(io.BytesIO(data)).pixel_array.astype(np.float64)
     expected = 255 - np.round((stored - stored.min()) / (stored.max() - stored.min()) * 255).astype(np.uint8)
     np.testing.assert_array_equal(image_io.read_pixels(data), expected)
+
+
+@pytest.mark.parametrize("rescale, message", [(("abc", 0.0), "unusable Modality LUT"), (("inf", 0.0), "infinite or NaN"),
+                                              ((1.0, "nan"), "infinite or NaN")])
+def test_an_unusable_rescale_is_an_image_error(rescale, message):
+    spec = {"rows": 9, "columns": 11, "photometric": "MONOCHROME2", "samples": 1, "bits_allocated": 8,
+            "signed": False, "frames": 1, "rescale": rescale, "window": None, "voi_function": None,
+            "syntax": "ExplicitVRLittleEndian", "length_change": 0, "seed": 3, "bits_stored": 8, "well_formed": False}
+    with pytest.raises(ImageError, match=message):
+        image_io.read_pixels(write_dicom_bytes(spec))
