@@ -19,11 +19,16 @@ any multiset of study indices cheaply, which is what the bootstrap needs.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 
 import numpy as np
+from absl import logging
 from pycocoevalcap.bleu import bleu_scorer as bleu_lib
 from pycocoevalcap.cider import cider_scorer as cider_lib
 from pycocoevalcap.meteor.meteor import Meteor
@@ -54,13 +59,35 @@ def require_java() -> str:
     return java
 
 
+@contextlib.contextmanager
+def _jvm_stderr_to_log() -> Iterator[None]:
+    """The JVM inherits the process's stderr and prints progress there ("PTBTokenizer tokenized N
+    tokens ..."): send it to the log instead of the terminal (a warning if the call fails)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    failed = True
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+            failed = False
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", "replace").strip()
+            if text:
+                (logging.warning if failed else logging.info)("java: %s", text)
+
+
 def ptb_tokenize(texts: Sequence[str]) -> list[str]:
     """Tokenises with pycocoevalcap's PTB tokenizer, one output string per input text."""
     require_java()
     # Keys are string indices; the tokenizer writes one line per caption, so newlines inside a
     # report must go (it replaces them too, but be explicit about it).
     captions = {str(i): [{"caption": " ".join(t.split())}] for i, t in enumerate(texts)}
-    tokenised = PTBTokenizer().tokenize(captions)
+    with _jvm_stderr_to_log():
+        tokenised = PTBTokenizer().tokenize(captions)
     return [tokenised[str(i)][0] for i in range(len(texts))]
 
 
