@@ -131,10 +131,13 @@ def test_checkpoint_save_over_the_file_size_limit_stops_and_keeps_the_previous(t
     train.train_and_evaluate(config, str(workdir))
     params_4 = checkpointing.load_subtree(str(workdir), "params")
 
-    # Resume to step 8 under `ulimit -f 20` (20 KiB per file): the step-8 checkpoint cannot be written.
-    command = ["bash", "-c", 'ulimit -f 20 && exec "$@"', "limited", sys.executable, "-m", "mavilt_jax.main",
+    # Resume to step 8 under `ulimit -f 20` (RLIMIT_FSIZE, 20 KiB per file) with SIGXFSZ ignored, so
+    # that a write past the limit fails with EFBIG ("File too large") instead of killing the process:
+    # the step-8 checkpoint cannot be written. (bash sets the limit: preexec_fn is unsafe in a
+    # parent with threads, and JAX has them.)
+    command = ["bash", "-c", 'ulimit -f 20 && trap "" XFSZ && exec "$@"', "limited", sys.executable, "-m", "mavilt_jax.main",
                f"--workdir={workdir}", f"--config={config_file}:8"]
-    second = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1200)
+    second = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert second.returncode == 1, second.stderr[-3000:]
     last = second.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: saving step 8 to {workdir}/checkpoints failed"), last
