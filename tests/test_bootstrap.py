@@ -36,6 +36,20 @@ def test_equals_hand_loop_and_skips_undefined():
     assert np.isfinite(out["ratio"].ci_low)
 
 
+def test_basic_interval_matches_scipy():
+    """The basic interval (for biased statistics such as FD) against scipy's method="basic"."""
+    rng = np.random.default_rng(0)
+    x = rng.exponential(size=200)
+    ours = bootstrap.bootstrap(lambda idx: {"var": x[idx].var()}, len(x), resamples=2000, seed=1,
+                               method="basic")["var"]
+    ref = stats.bootstrap((x,), np.var, n_resamples=2000, method="basic",
+                          random_state=np.random.default_rng(1)).confidence_interval
+    assert ours.value == pytest.approx(x.var())
+    assert ours.ci_low == pytest.approx(ref.low, abs=0.05) and ours.ci_high == pytest.approx(ref.high, abs=0.05)
+    with pytest.raises(ValueError, match="method"):
+        bootstrap.bootstrap(lambda idx: {"v": 0.0}, 3, method="bca")
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="empty"):
         bootstrap.resample_indices(0, 10, 0)

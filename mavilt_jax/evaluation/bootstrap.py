@@ -7,6 +7,11 @@ is the (alpha/2, 1 - alpha/2) percentile of the resampled values (resamples wher
 undefined, e.g. AUROC with one class, are left out of that figure's interval).
 The same seed gives the same resampled index sets for every figure of a task, so figures of one
 task are resampled jointly.
+
+A statistic that a resample biases (Frechet distance: the duplicated studies of a resample shrink
+its effective size, which inflates FD) gets the basic ("reverse percentile") interval instead,
+[2 v - hi, 2 v - lo], which removes a bias common to all resamples; its percentile interval can
+lie wholly above the point estimate.
 """
 
 from __future__ import annotations
@@ -51,11 +56,14 @@ def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[f
 
 
 def bootstrap(statistic: Callable[[np.ndarray], Mapping[str, float]], n: int, resamples: int = 1000,
-              seed: int = 0, confidence: float = 0.95) -> dict[str, Estimate]:
+              seed: int = 0, confidence: float = 0.95, method: str = "percentile") -> dict[str, Estimate]:
     """Bootstraps every figure that ``statistic(study_indices) -> {name: value}`` returns.
 
-    ``statistic(np.arange(n))`` gives the point estimates.
+    ``statistic(np.arange(n))`` gives the point estimates. ``method``: "percentile", or "basic"
+    for statistics that resampling biases (see the module docstring).
     """
+    if method not in ("percentile", "basic"):
+        raise ValueError(f"method={method!r}; expected 'percentile' or 'basic'")
     point = dict(statistic(np.arange(n)))
     draws: dict[str, list[float]] = {name: [] for name in point}
     for idx in resample_indices(n, resamples, seed):
@@ -65,5 +73,7 @@ def bootstrap(statistic: Callable[[np.ndarray], Mapping[str, float]], n: int, re
     out = {}
     for name, value in point.items():
         lo, hi = percentile_interval(np.array(draws[name]), confidence)
+        if method == "basic":
+            lo, hi = 2.0 * float(value) - hi, 2.0 * float(value) - lo
         out[name] = Estimate(float(value), lo, hi, n, resamples)
     return out

@@ -375,7 +375,8 @@ def render_card(results: Mapping) -> str:
             ("ceiling: VQ-GAN reconstructions of the test images", results.get("ceiling_reconstruction"))]
     header = ["Row"] + [label for _, label, _ in SUMMARY_COLUMNS]
     lines = [f"# Main job: held-out {results['split']} split ({results['n_studies']} studies)", "",
-             "Each figure: value [95 % CI] (percentile bootstrap over studies). Controls must be far below the "
+             "Each figure: value [95 % CI] (bootstrap over studies: percentile; basic for FD, which resampling "
+             "inflates). Controls must be far below the "
              "model; ceilings bound what the model can reach.", "",
              "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for name, row in rows:

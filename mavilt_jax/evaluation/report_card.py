@@ -110,7 +110,7 @@ def _table_v(res: Mapping) -> list[str]:
 def render(results: Mapping, method: str = "MAViLT (this run)") -> str:
     """Markdown text of the report card."""
     lines = ["# Evaluation report card", "",
-             "Each figure: value [95 % CI lower, upper] (percentile bootstrap over studies).", ""]
+             "Each figure: value [95 % CI lower, upper] (bootstrap over studies: percentile; basic for FD, which resampling inflates).", ""]
     if "report_generation" in results:
         lines += _table_i(results["report_generation"], method) + [""]
     if "report_to_image" in results:

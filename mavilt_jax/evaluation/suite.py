@@ -208,7 +208,9 @@ def score_report_to_image(records: list[dict], cfg: EvalConfig, base_dir: pathli
                 return {"fd": np.nan}
             return {"fd": frechet.frechet_distance(a[idx], b[idx])}
 
-        est = bootstrap.bootstrap(fd_stat, len(paired), cfg.fid_resamples, cfg.seed, cfg.confidence)["fd"]
+        # Basic interval: resampling with replacement inflates FD (see `bootstrap`).
+        est = bootstrap.bootstrap(fd_stat, len(paired), cfg.fid_resamples, cfg.seed, cfg.confidence,
+                                  method="basic")["fd"]
         out["fid"][name] = {**est.to_json(), "n_real": len(paired), "n_generated": len(paired),
                             "feature_dim": int(feats_real.shape[1])}
     out["conditional"] = _conditional(usable, generated, cfg, classifier_fn)
