@@ -379,7 +379,7 @@ def render_card(results: Mapping) -> str:
              "inflates). Controls must be far below the "
              "model; ceilings bound what the model can reach.", "",
              "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    for name, row in rows:
+    for name, row in [(name, row) for name, row in rows if row is not None]:
         cells = [_cell(summary_value(row, path), 2 if key.startswith("fd_") else 3) for key, _, path in SUMMARY_COLUMNS]
         lines.append("| " + " | ".join([name, *cells]) + " |")
     info = results.get("image_information")
