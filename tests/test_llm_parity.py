@@ -204,3 +204,26 @@ def test_every_parameter_has_logical_axes_of_its_rank(scan):
         assert (spec[0] == "layers") == (scan and path[0].key == "layers"), path
     assert tuple(axes["embed"]["embedding"]) == ("vocab", "embed")
     assert tuple(axes["lm_head"]["kernel"]) == ("embed", "vocab")
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(scan_layers=True, remat="full")])
+def test_causal_query_blocks_match_transformers_and_the_dense_mask(tmp_path, monkeypatch, variant):
+    """Training's causal path (no mask given) in query blocks of 4 over 9 tokens (4, 4, 1: the masked
+    blocks above the diagonal skipped) gives transformers' logits, and the gradients of the dense
+    [B, T, T]-mask path."""
+    monkeypatch.setattr(llm, "CAUSAL_BLOCK", 4)
+    model = tiny_hf_checkpoint(tmp_path, "llama")
+    config, params = pretrained.load_hf_checkpoint(tmp_path, **variant)
+    tokens, positions = _inputs()
+    np.testing.assert_allclose(_forward(config, params, tokens, positions), torch_logits(model, tokens, positions),
+                               atol=ATOL, rtol=0)
+    dense = jnp.tril(jnp.ones((9, 9), bool))[None]
+
+    def loss(p, mask):
+        logits, _ = llm.Decoder(config).apply({"params": p}, tokens, positions, attention_mask=mask)
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, tokens[..., None], -1)[..., 0])
+
+    g_blocks = jax.jit(jax.grad(lambda p: loss(p, None)))(params)
+    g_dense = jax.jit(jax.grad(lambda p: loss(p, dense)))(params)
+    for a, b in zip(jax.tree.leaves(g_blocks), jax.tree.leaves(g_dense)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)

@@ -259,13 +259,39 @@ class RMSNorm(nn.Module):
         return scale.astype(self.dtype) * x32.astype(self.dtype)
 
 
+CAUSAL_BLOCK = 128  # query block of `causal_attention` (chosen with benchmarks/attention_layouts.py)
+
+
+def causal_attention(q: Array, k: Array, v: Array, scale: float, dtype: Any, block: int | None = None) -> Array:
+    """Causal softmax attention within one call's tokens: q [B, T, N, H], k, v [B, T, K, H] -> [B, T, N, H].
+
+    Query block [start, end) attends to keys [0, end) only: the score blocks above the diagonal,
+    all masked, are neither computed nor kept for the backward pass (about (1 + block / T) / 2 of
+    the dense [T, T] work and memory). Every block's softmax still sees its whole row of keys, so
+    the result is the dense masked softmax's.
+    """
+    block = block or CAUSAL_BLOCK
+    B, T, N, H = q.shape
+    K = k.shape[2]
+    qg = q.reshape(B, T, K, N // K, H)  # [B, T, K, G, H]
+    outs = []
+    for start in range(0, T, block):
+        end = min(start + block, T)
+        logits = jnp.einsum("btkgh,bskh->bkgts", qg[:, start:end], k[:, :end]).astype(jnp.float32) * scale
+        causal = np.arange(end)[None, :] <= np.arange(start, end)[:, None]  # [C, end], a constant
+        probs = jax.nn.softmax(jnp.where(causal, logits, MASKED_LOGIT), axis=-1).astype(dtype)
+        outs.append(jnp.einsum("bkgts,bskh->btkgh", probs, v[:, :end]))  # [B, C, K, G, H]
+    return jnp.concatenate(outs, axis=1).reshape(B, T, N, H)
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention with rotary embeddings and an optional KV cache."""
 
     config: LLMConfig
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, mask: Array, cache_index: Array | None, kv: tuple[Array, Array] | None):
+    def __call__(self, x: Array, positions: Array, mask: Array | None, cache_index: Array | None,
+                 kv: tuple[Array, Array] | None):
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -300,7 +326,11 @@ class Attention(nn.Module):
             new_kv = None
 
         scale = H**-0.5
-        if cfg.attention_impl == "dot_product_attention":
+        if mask is None and cfg.attention_impl == "dot_product_attention":
+            out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True)  # [B, T, N, H]
+        elif mask is None:
+            out = causal_attention(q, k, v, scale, dtype)  # [B, T, N, H]
+        elif cfg.attention_impl == "dot_product_attention":
             out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, :, :], scale=scale)  # [B, T, N, H]
         else:
             B, T = q.shape[:2]
@@ -377,13 +407,11 @@ class Decoder(nn.Module):
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         T = tokens.shape[1]
-        if attention_mask is None:
-            if cache is None:
-                attention_mask = jnp.tril(jnp.ones((T, T), bool))[None]  # [1, T, T]
-            else:
-                slots = jnp.arange(cache.max_len)
-                attention_mask = (slots[None, :] <= cache.end_index + jnp.arange(T)[:, None])[None]  # [1, T, S]
-        attention_mask = jnp.broadcast_to(attention_mask, (tokens.shape[0],) + attention_mask.shape[1:])
+        if attention_mask is None and cache is not None:
+            slots = jnp.arange(cache.max_len)
+            attention_mask = (slots[None, :] <= cache.end_index + jnp.arange(T)[:, None])[None]  # [1, T, S]
+        if attention_mask is not None:  # None: causal within the call (`causal_attention`, no mask tensor)
+            attention_mask = jnp.broadcast_to(attention_mask, (tokens.shape[0],) + attention_mask.shape[1:])
 
         embed_cls = Int8Embed if cfg.weight_quant == "int8" else nn.Embed
         embed = embed_cls(
