@@ -72,7 +72,9 @@ def test_sigterm_saves_at_the_current_step(tmp_path):
         "    return c\n")
     workdir = tmp_path / "w"
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}:{ROOT}", JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen([sys.executable, "-m", "mavilt_jax.main", f"--config={config_file}", f"--workdir={workdir}"],
+    # --alsologtostderr: main sends library logs (the logged losses) to WORKDIR/main.INFO only.
+    proc = subprocess.Popen([sys.executable, "-m", "mavilt_jax.main", f"--config={config_file}", f"--workdir={workdir}",
+                             "--alsologtostderr"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # Wait until the loop runs: the first logged training loss (the machine may be slow to start).
     lines: list[str] = []
