@@ -16,6 +16,7 @@ included) is read once per token, so tokens/s <= bandwidth / weight bytes.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -83,11 +84,11 @@ def _theirs(model, tokens, new, **kwargs):
 
 
 def run(limits: dict[str, float], repeats: int = 3, batches=(1, 16), variants=("f32",), images: bool = True,
-        hf: bool = True) -> list[Row]:
+        hf: bool = True) -> Iterator[Row]:
+    """Yields each row as soon as it is measured."""
     config, params, source = smollm2()
     model = hf_model(config, params) if hf else None
     rng = np.random.default_rng(0)
-    rows = []
     bandwidth = limits.get("read_bandwidth")
     report_sampler = sampling.Sampler(NEW, mode="text", temperature=0.0, stop_at_eos=False)
     for batch in batches:
@@ -110,17 +111,15 @@ def run(limits: dict[str, float], repeats: int = 3, batches=(1, 16), variants=("
                 bound = bandwidth / weight_bytes(inference_variant(config, params, variant)[1])
                 extra["weight_read_bound_tok/s"] = bound
                 extra["of_bound"] = tps / bound
-            rows.append(Row("decode", f"report b{batch} {PROMPT}+{NEW} greedy: {who}", tps, "tok/s", extra))
+            yield Row("decode", f"report b{batch} {PROMPT}+{NEW} greedy: {who}", tps, "tok/s", extra)
     if images:
-        rows += _image_rows(config, params, model, rng, max(1, repeats - 1), variants)
-    return rows
+        yield from _image_rows(config, params, model, rng, max(1, repeats - 1), variants)
 
 
-def _image_rows(config, params, model, rng, repeats, variants) -> list[Row]:
+def _image_rows(config, params, model, rng, repeats, variants) -> Iterator[Row]:
     report = np.concatenate([[LAYOUT.special_id("<report2image>")], rng.integers(3, 1000, 60)]).astype(np.int32)
     uncond = np.concatenate([np.full(len(report) - 1, LAYOUT.pad_id), [LAYOUT.special_id("<uncond>")]]).astype(np.int32)
     new = LAYOUT.codes_per_image + 2
-    rows = []
     for scale in (1.0, 3.0):
         guided = scale != 1.0
         sampler = sampling.Sampler(new, mode="image", temperature=1.0, top_k=100, guidance_scale=scale)
@@ -143,8 +142,7 @@ def _image_rows(config, params, model, rng, repeats, variants) -> list[Row]:
             extra = {"s_per_call": sec}
             if who != "generate" and "generate" in secs:
                 extra["ours/theirs"] = secs["generate"] / sec
-            rows.append(Row("decode", f"image b1 256 codes cfg {scale:g}: {who}", new / sec, "tok/s", extra))
-    return rows
+            yield Row("decode", f"image b1 256 codes cfg {scale:g}: {who}", new / sec, "tok/s", extra)
 
 
 def inference_variant(config: llm.LLMConfig, params: dict, variant: str) -> tuple[llm.LLMConfig, dict]:

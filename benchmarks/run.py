@@ -116,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import images
 
             new = images.pretokenize_rows(args.repeats)
-        seconds[section] = time.perf_counter() - start
-        for row in new:
+        for row in new:  # sections may yield their rows one at a time: each is printed when measured
             row.extra["compiles_in_timed"] = counter.timed - before
             print(f"{row.section:8s} {row.case:62s} {row.value:10.4g} {row.unit:8s} {_fmt_extra(row.extra)}", flush=True)
-        rows += new
+            rows.append(row)
+        seconds[section] = time.perf_counter() - start
     meta["load_average_at_end"] = os.getloadavg()
     print(f"compilations: {counter.total} in all, {counter.timed} in timed regions; seconds per section: "
           + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + f"; load average {meta['load_average_at_end']}")
