@@ -147,6 +147,8 @@ SMOKE: dict[str, Smoke] = {
     # Compiles every named accelerator configuration for its TPU slice (CPU-hours); the small
     # compile checks are tests/test_aot.py, and --help / unknown flags are checked below.
     "mavilt_jax.aot --all": Smoke(skip="compiles every named TPU configuration; tests/test_aot.py compiles small ones"),
+    "mavilt_jax.aot --config=configs/accelerators.py": Smoke(
+        skip="compiles the 7b stage-1 step for 32 chips (minutes); the verdict is test_aot.py::test_verdict_says_by_how_much"),
     "benchmarks.ablations --base": Smoke(
         job=True, replace=(("/tmp/mavilt_ablations", "{out}"),),
         args=("--only", "fixed_instructions", "--smoke"),
