@@ -80,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     kind = getattr(device, "device_kind", device.platform)
     meta = {"device": f"{device.platform} {kind} x{jax.device_count()}", "cpus": os.cpu_count(),
             "load_average_at_start": os.getloadavg(), "jax": jax.__version__, "python": platform.python_version(),
-            "repeats": args.repeats, "sections": args.only, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    print(f"device {meta['device']}, {meta['cpus']} CPUs, load average {meta['load_average_at_start']}", flush=True)
+            "repeats": args.repeats, "sections": args.only, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "malloc": common.malloc_library()}
+    print(f"device {meta['device']}, {meta['cpus']} CPUs, load average {meta['load_average_at_start']}, "
+          f"allocator {meta['malloc']}", flush=True)
     limits: dict[str, float] = {}
     rows = []
     seconds = {}
