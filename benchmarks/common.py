@@ -64,18 +64,21 @@ def block(x: Any) -> Any:
 def median_seconds(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, float]:
     """Median wall seconds of each zero-argument call, after ``warmup`` untimed calls each.
 
-    The calls are interleaved (a, b, a, b, ...) so that load drifting on a shared machine affects
-    every contender alike; their ratio is the figure to trust.
+    The calls are interleaved so that load drifting on a shared machine affects every contender
+    alike; their ratio is the figure to trust. Each round starts one contender later (a, b | b, a |
+    a, b ...): a call right after another library's can run slower (seen: 1.24x for a jitted
+    train step right after a torch one), and rotating spreads that over all contenders.
     """
     for fn in fns.values():
         for _ in range(warmup):
             block(fn())
+    names = list(fns)
     times: dict[str, list[float]] = {k: [] for k in fns}
     with counter().timed_region():
-        for _ in range(repeats):
-            for name, fn in fns.items():
+        for r in range(repeats):
+            for name in names[r % len(names):] + names[:r % len(names)]:
                 start = time.perf_counter()
-                block(fn())
+                block(fns[name]())
                 times[name].append(time.perf_counter() - start)
     return {k: statistics.median(v) for k, v in times.items()}
 
