@@ -323,18 +323,12 @@ class Attention(nn.Module):
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
 
-        if kv is not None and self.cache_layer is not None:  # stacked cache: write in place, read this layer
-            cache_k, cache_v = kv  # [L, B, S, K, H]
-            at = (self.cache_layer, 0, cache_index, 0, 0)
-            new_kv = (jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), at),
-                      jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), at))
-            k, v = new_kv[0][self.cache_layer].astype(dtype), new_kv[1][self.cache_layer].astype(dtype)  # [B, S, K, H]
-        elif kv is not None:  # write this call's keys/values at [cache_index, cache_index + T)
-            cache_k, cache_v = kv
-            k_all = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
-            v_all = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
-            new_kv = (k_all, v_all)
-            k, v = k_all.astype(dtype), v_all.astype(dtype)  # [B, S, K, H]
+        if kv is not None:  # write this call's keys/values at slots [cache_index, cache_index + T)
+            lead = () if self.cache_layer is None else (self.cache_layer,)  # stacked cache: this layer's index
+            at = lead + (0, cache_index, 0, 0)
+            new_kv = tuple(jax.lax.dynamic_update_slice(c, x.reshape((1,) * len(lead) + x.shape).astype(c.dtype), at)
+                           for c, x in ((kv[0], k), (kv[1], v)))
+            k, v = ((c[lead] if lead else c).astype(dtype) for c in new_kv)  # [B, S, K, H]
         else:
             new_kv = None
 
