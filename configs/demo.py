@@ -44,7 +44,7 @@ def evaluation_config(*, model_step: str = "stage2", max_studies: int = 0,
         batch_size=32, seed=0, resamples=200 if fast else 1000, nlg_resamples=10 if fast else 100,
         fid_resamples=10 if fast else 50, meteor=not fast,
         fid_extractors=("judge",) if fast else ("inception", "judge"), probe=not fast, sample_reports=8,
-        bars=dict(BARS)))
+        bars=dict(BARS), disable_most_optimizations=False))
 
 
 def config(*, steps: int | None = None, model: str = "cpu", long: bool = False, eval_studies: int = 0,
@@ -73,7 +73,7 @@ def config(*, steps: int | None = None, model: str = "cpu", long: bool = False, 
     for name in ("stage1", "stage2"):
         pipeline[name].eval_max_batches = 2 if smoke else 16
     if smoke:
-        for name in STEPS:
+        for name in (*STEPS, "evaluation"):
             pipeline[name].disable_most_optimizations = True
             pipeline[name].checkpoint.async_save = False
     config = ml_collections.ConfigDict()

@@ -75,6 +75,19 @@ class _PreemptionNotice:
 
 
 @contextlib.contextmanager
+def xla_optimizations(config: ml_collections.ConfigDict):
+    """Within the block, XLA skips most optimisations when ``config.disable_most_optimizations``
+    (fast compiles for tests and smoke runs); the process-wide flag is restored on exit, so a later
+    stage or evaluation in the same process compiles as its own config says."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", bool(config.get("disable_most_optimizations", False)))
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@contextlib.contextmanager
 def _finally(fn):
     """Runs ``fn`` however the block ends (a pending asynchronous save completes even on errors)."""
     try:
@@ -135,9 +148,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         progress.show(f"{workdir} already finished at step {finished['step']} (result.json); "
                       "nothing to do, its outputs are left as they are")
         return finished | {"history": [], "state": None}
+    with xla_optimizations(config):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ==== Setup ==================================================================================
-    if config.get("disable_most_optimizations"):
-        jax.config.update("jax_disable_most_optimizations", True)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if jax.process_index() == 0:
@@ -321,7 +337,8 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, d
                 from mavilt_jax.evaluation import pipeline_eval
 
                 filled = ml_collections.ConfigDict({k: _fill_workdir(config.pipeline[k], workdir) for k in config.order})
-                result = pipeline_eval.pipeline_step(step_config, filled, workdir)
+                with xla_optimizations(step_config):
+                    result = pipeline_eval.pipeline_step(step_config, filled, workdir)
                 results[name] = {"bars": result.get("bars", {})}
             else:
                 result = train_and_evaluate(step_config, os.path.join(workdir, name))

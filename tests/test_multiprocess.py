@@ -7,15 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import re
-import socket
-import subprocess
-import sys
 
 import numpy as np
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from multiprocess_helpers import start_pair
 
 CONFIG = """
 from test_train_loop import toy_config
@@ -27,21 +22,8 @@ def get_config(arg=None):
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_pair(config_file, workdir, steps: int) -> list[str]:
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}:{ROOT}", JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "mavilt_jax.main", f"--config={config_file}:{steps}", f"--workdir={workdir}",
-         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
-         "--alsologtostderr"],  # the logged losses are read from the output (main logs to a file)
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = start_pair(config_file, workdir, steps)
     outs = [p.communicate(timeout=240)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-4000:]

@@ -6,18 +6,14 @@ process killed (SIGKILL) makes the other exit at once with one line naming it; a
 from __future__ import annotations
 
 import os
-import pathlib
 import re
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from multiprocess_helpers import start_pair
 
 CONFIG = """
 from test_train_loop import toy_config
@@ -28,25 +24,12 @@ def get_config(arg=None):
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_pair(config_file, workdir, steps: int, *extra: str) -> tuple[list[subprocess.Popen], list[list[str]]]:
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}:{ROOT}", JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    procs, outputs = [], []
-    for i in range(2):
-        p = subprocess.Popen(
-            [sys.executable, "-m", "mavilt_jax.main", f"--config={config_file}:{steps}", f"--workdir={workdir}",
-             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}", "--alsologtostderr",
-             *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """The pair, and each process's output lines so far (a reader thread per process)."""
+    procs, outputs = start_pair(config_file, workdir, steps, *extra), []
+    for p in procs:
         lines: list[str] = []
         threading.Thread(target=lambda p=p, lines=lines: lines.extend(p.stdout), daemon=True).start()
-        procs.append(p)
         outputs.append(lines)
     return procs, outputs
 

@@ -79,6 +79,16 @@ def test_fill_code_slots_matches_a_loop():
     assert got[1].tolist() == ids[1].tolist()  # no image span: unchanged
 
 
+def test_previous_valid_rows_skips_padding_like_a_loop():
+    for valid in ([1, 1, 1, 0], [1, 0, 1, 1, 0, 1], [0, 1], [1], [1, 1, 0, 0, 0]):
+        valid = np.array(valid, bool)
+        rows = [i for i in range(len(valid)) if valid[i]]
+        want = list(range(len(valid)))
+        for j, i in enumerate(rows):
+            want[i] = rows[j - 1]  # the previous valid row, cyclically
+        assert np.asarray(multimodal.previous_valid_rows(jnp.asarray(valid))).tolist() == want, valid
+
+
 def test_masked_cross_entropy_by_hand():
     logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]]))
     total, count = lm.masked_cross_entropy(logits, jnp.array([[0, 1]]), jnp.array([[1.0, 0.0]]))

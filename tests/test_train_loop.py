@@ -125,6 +125,22 @@ def test_loop_losses_match_plain_optax_and_fall(tmp_path):
     assert result["history"][0]["update_norm"] == pytest.approx(0.1 * np.sqrt(IN_DIM * OUT_DIM), rel=1e-3)
 
 
+def test_disable_most_optimizations_holds_only_inside_its_stage(tmp_path, monkeypatch):
+    seen = []
+
+    class Spy(ToyStage):
+        def train_step(self, state, batch, rng):
+            seen.append(jax.config.read("jax_disable_most_optimizations"))  # read while tracing
+            return super().train_step(state, batch, rng)
+
+    config = toy_config(total_steps=2, eval_every_steps=0, disable_most_optimizations=True)
+    assert jax.config.read("jax_disable_most_optimizations") is False
+    monkeypatch.setattr(train, "get_stage_class", lambda name: Spy)
+    train.train_and_evaluate(config, str(tmp_path))
+    assert seen and all(seen)  # the step compiled without most optimisations
+    assert jax.config.read("jax_disable_most_optimizations") is False  # and the process got its flag back
+
+
 def test_nan_stops_with_step_and_term(tmp_path):
     with pytest.raises(train.NonFiniteLossError, match=r"step 3: loss=nan"):
         train.train_and_evaluate(toy_config(toy_nan_at=3), str(tmp_path))

@@ -63,6 +63,16 @@ def fill_code_slots(ids: jax.Array, codes: jax.Array, layout: VocabLayout) -> ja
     return ids.at[jnp.arange(ids.shape[0])[:, None], slots].set(new)
 
 
+def previous_valid_rows(valid: jax.Array) -> jax.Array:
+    """For a bool [B] mask, the row whose image each valid row borrows in the wrong-image control:
+    the previous VALID row, cyclically (padding rows, copies of a real example, never lend their
+    image); an invalid row keeps its own. int [B]."""
+    rank = jnp.cumsum(valid) - 1
+    count = jnp.maximum(jnp.sum(valid), 1)
+    valid_first = jnp.argsort(~valid, stable=True)  # the valid rows' indices, in order, then the rest
+    return jnp.where(valid, valid_first[(rank - 1) % count], jnp.arange(valid.shape[0]))
+
+
 # ==== Stage 1 and stage 2 ======================================================================
 
 class Stage1(lm.LMStage):
@@ -218,7 +228,9 @@ class Stage1(lm.LMStage):
         every evaluation, it is the learning curve of reading (``eval_history.jsonl``)."""
         m = dict(super().eval_step(state, batch))
         if "image" in batch:  # pre-tokenized batches carry codes in the tokens: no image to swap
-            other = dict(super().eval_step(state, dict(batch, image=jnp.roll(batch["image"], 1, axis=0))))
+            valid = batch.get("valid")
+            source = previous_valid_rows(valid) if valid is not None else jnp.roll(jnp.arange(batch["image"].shape[0]), 1)
+            other = dict(super().eval_step(state, dict(batch, image=batch["image"][source])))
             m["text_ce_other_image"] = other["text_ce"]
             m["image_gain"] = other["text_ce"] - m["text_ce"]
         return m
