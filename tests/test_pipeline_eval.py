@@ -90,6 +90,20 @@ def test_render_card_names_controls_and_ceilings():
     assert "0.500 [0.400, 0.600]" in card
 
 
+def test_card_puts_vqa_per_question_type_of_model_and_controls_side_by_side():
+    def row(severity):
+        return {"vqa": {"metrics": {"accuracy": {"value": 0.5}, "accuracy/question_type/severity": {"value": severity},
+                                    "accuracy/question_type/presence": {"value": 0.75}}}}
+
+    card = pipeline_eval.render_card({"split": "test", "n_studies": 3, "model": row(0.0),
+                                      "control_constant_report": row(0.5), "control_shuffled_image": None})
+    lines = card.splitlines()
+    header = next(line for line in lines if line.startswith("| Questions |"))
+    assert header == "| Questions | Model | control: constant report / majority answer |"
+    assert "| severity | 0.000 | 0.500 |" in lines and "| presence | 0.750 | 0.750 |" in lines
+    assert "| closed | – | – |" in lines  # a figure a row lacks is a dash, not a zero
+
+
 def test_memoized_features_compute_each_batch_once():
     calls = []
 

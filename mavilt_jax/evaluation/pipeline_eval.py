@@ -394,6 +394,7 @@ def render_card(results: Mapping) -> str:
                                 if k.startswith("auroc/"))
         lines += ["", f"Ceiling, code probe (logistic regression on one-hot VQ-GAN codes -> labels, "
                       f"{probe_res['findings_scored']} findings): macro AUROC {probe_res['auroc_macro']:.3f}; {per_finding}"]
+    lines += _vqa_by_question_type(rows[:4])
     if results.get("bars"):
         lines += ["", "## Bars", "", "| Figure | Bar | Model | Met |", "|---|---|---|---|"]
         labels = {key: label for key, label, _ in SUMMARY_COLUMNS}
@@ -414,6 +415,25 @@ def render_card(results: Mapping) -> str:
     if results.get("timings_s"):
         lines += ["", "Evaluation wall time (s): " + ", ".join(f"{k} {v}" for k, v in results["timings_s"].items())]
     return "\n".join(lines) + "\n"
+
+
+def _vqa_by_question_type(rows: Sequence[tuple[str, Mapping | None]]) -> list[str]:
+    """VQA accuracy per question type, the model beside its controls: where the answers beat the
+    per-question prior (the majority answer) and where they fall below it (a wrong answer FORMAT,
+    such as yes/no to "how large", shows as accuracy near 0 with the held-out wording only)."""
+    rows = [(name.split(" (")[0], row["vqa"]["metrics"]) for name, row in rows
+            if row is not None and (row.get("vqa") or {}).get("metrics")]
+    if not rows:
+        return []
+    prefix = "accuracy/question_type/"
+    types = sorted({k[len(prefix):] for _, metrics in rows for k in metrics if k.startswith(prefix)})
+    keys = [("all", "accuracy"), ("closed", "accuracy/answer_type/closed"), ("open", "accuracy/answer_type/open")]
+    keys += [(t, prefix + t) for t in types]
+    lines = ["", "VQA accuracy per question type (the majority-answer control is the per-question prior):", "",
+             "| Questions | " + " | ".join(name for name, _ in rows) + " |", "|---" * (len(rows) + 1) + "|"]
+    for label, key in keys:
+        lines.append(f"| {label} | " + " | ".join(_cell(metrics.get(key)) for _, metrics in rows) + " |")
+    return lines
 
 
 def write_sample_reports(path: pathlib.Path, records: Sequence[Mapping], count: int) -> None:
