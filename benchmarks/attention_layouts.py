@@ -35,7 +35,8 @@ from benchmarks.train import SIZES
 from mavilt_jax.models import llm
 
 _MASKED = -1e30  # a masked logit, as models/llm.py
-ATTENTION = ("current", "heads_major", "dpa_causal", "dpa_mask", "causal_blocks128", "causal_blocks64", "torch")
+ATTENTION = ("current", "heads_major", "dpa_causal", "dpa_mask", "causal_blocks128", "causal_blocks64",
+             "heads_major_blocks128", "torch")
 
 
 def _rope_tables(cfg: llm.LLMConfig, T: int):
@@ -76,6 +77,32 @@ def _attention_jax(cfg: llm.LLMConfig, layout: str, B: int, T: int):
             logits = jnp.where(causal, logits, _MASKED)
             probs = jax.nn.softmax(logits, axis=-1)
             out = jnp.einsum("bkgts,bksh->bkgth", probs, v).reshape(B, N, T, H)
+            return jnp.einsum("bnth,nhd->btd", out, w["o"])
+        if layout.startswith("heads_major_blocks"):
+            # heads-major projections ([B,N,T,H], the dot writes that order), rotary on that layout,
+            # then causal query blocks slicing keys/values along their contiguous S axis (no
+            # per-block transpose of k[:, :end] as in the [B,T,K,H] layout)
+            C = int(layout.removeprefix("heads_major_blocks"))
+            q = jnp.einsum("btd,dnh->bnth", x, w["q"])
+            k = jnp.einsum("btd,dkh->bkth", x, w["k"])
+            v = jnp.einsum("btd,dkh->bkth", x, w["v"])
+            freqs = positions[0].astype(jnp.float32)[:, None] * inv_freq[None, :]  # [T, H/2]
+            cos, sin = jnp.cos(freqs), jnp.sin(freqs)
+
+            def rope(t):
+                t1, t2 = jnp.split(t, 2, axis=-1)
+                return jnp.concatenate([t1 * cos - t2 * sin, t2 * cos + t1 * sin], axis=-1)
+
+            q, k = rope(q), rope(k)
+            qg = q.reshape(B, K, G, T, H)
+            outs = []
+            for start in range(0, T, C):
+                end = min(start + C, T)
+                logits = jnp.einsum("bkgth,bksh->bkgts", qg[:, :, :, start:end], k[:, :, :end]) * scale
+                causal = np.arange(end)[None, :] <= np.arange(start, end)[:, None]
+                probs = jax.nn.softmax(jnp.where(causal, logits, _MASKED), axis=-1)
+                outs.append(jnp.einsum("bkgts,bksh->bkgth", probs, v[:, :, :end]))
+            out = jnp.concatenate(outs, axis=3).reshape(B, N, T, H)
             return jnp.einsum("bnth,nhd->btd", out, w["o"])
         q, k, v = proj_btnh(x, w["q"]), proj_btnh(x, w["k"]), proj_btnh(x, w["v"])
         q, k = llm.apply_rope(q, positions, inv_freq), llm.apply_rope(k, positions, inv_freq)
@@ -240,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="d512", choices=sorted(SIZES))
     args = parser.parse_args(argv)
     layouts = args.layouts.split(",")
-    if any(lay not in ATTENTION and not lay.removeprefix("causal_blocks").isdigit() for lay in layouts):
+    if any(lay not in ATTENTION and not lay.removeprefix("causal_blocks").removeprefix("heads_major_blocks").isdigit() for lay in layouts):
         print(f"error: --layouts must be a subset of {','.join(ATTENTION)}", file=sys.stderr)
         return 2
     cfg, B, T = SIZES[args.size]

@@ -186,14 +186,14 @@ def _dynamic_inv_freq(config: LLMConfig, positions: Array) -> Array:
     return 1.0 / (base**exponents)
 
 
-def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
-    """Rotates x [B, T, *, H] by positions [B, T] (the "rotate half" layout of transformers)."""
+def apply_rope(x: Array, positions: Array, inv_freq: Array, heads_major: bool = False) -> Array:
+    """Rotates x [B, T, *, H] (``heads_major``: [B, *, T, H]) by positions [B, T], in the "rotate
+    half" layout of transformers: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), halves of H."""
     freqs = positions.astype(jnp.float32)[:, :, None] * inv_freq[None, None, :]  # [B, T, H/2]
-    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, T, 1, H]
-    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+    freqs = freqs[:, None] if heads_major else freqs[:, :, None]  # a unit axis for the heads
+    cos, sin = jnp.cos(freqs).astype(x.dtype), jnp.sin(freqs).astype(x.dtype)
     x1, x2 = jnp.split(x, 2, axis=-1)
-    rotated = jnp.concatenate([-x2, x1], axis=-1)
-    return x * cos + rotated * sin
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
 # ---- modules ---------------------------------------------------------------------------------
@@ -263,25 +263,28 @@ CAUSAL_BLOCK = 128  # query block of `causal_attention` (chosen with benchmarks/
 
 
 def causal_attention(q: Array, k: Array, v: Array, scale: float, dtype: Any, block: int | None = None) -> Array:
-    """Causal softmax attention within one call's tokens: q [B, T, N, H], k, v [B, T, K, H] -> [B, T, N, H].
+    """Causal softmax attention within one call's tokens, heads-major: q [B, N, T, H], k, v [B, K, T, H]
+    -> [B, N, T, H].
 
     Query block [start, end) attends to keys [0, end) only: the score blocks above the diagonal,
     all masked, are neither computed nor kept for the backward pass (about (1 + block / T) / 2 of
     the dense [T, T] work and memory). Every block's softmax still sees its whole row of keys, so
-    the result is the dense masked softmax's.
+    the result is the dense masked softmax's. Heads-major because each block then reads its keys
+    and values as a contiguous prefix of the T axis; in [B, T, K, H] every block transposed its own
+    prefix again (attention fwd+bwd 1.2x faster at d_model 512, T 512: benchmarks/attention_layouts.py).
     """
     block = block or CAUSAL_BLOCK
-    B, T, N, H = q.shape
-    K = k.shape[2]
-    qg = q.reshape(B, T, K, N // K, H)  # [B, T, K, G, H]
+    B, N, T, H = q.shape
+    K = k.shape[1]
+    qg = q.reshape(B, K, N // K, T, H)  # [B, K, G, T, H]
     outs = []
     for start in range(0, T, block):
         end = min(start + block, T)
-        logits = jnp.einsum("btkgh,bskh->bkgts", qg[:, start:end], k[:, :end]).astype(jnp.float32) * scale
+        logits = jnp.einsum("bkgth,bksh->bkgts", qg[:, :, :, start:end], k[:, :, :end]).astype(jnp.float32) * scale
         causal = np.arange(end)[None, :] <= np.arange(start, end)[:, None]  # [C, end], a constant
         probs = jax.nn.softmax(jnp.where(causal, logits, MASKED_LOGIT), axis=-1).astype(dtype)
-        outs.append(jnp.einsum("bkgts,bskh->btkgh", probs, v[:, :end]))  # [B, C, K, G, H]
-    return jnp.concatenate(outs, axis=1).reshape(B, T, N, H)
+        outs.append(jnp.einsum("bkgts,bksh->bkgth", probs, v[:, :, :end]))  # [B, K, G, C, H]
+    return jnp.concatenate(outs, axis=3).reshape(B, N, T, H)
 
 
 class Attention(nn.Module):
@@ -320,32 +323,34 @@ class Attention(nn.Module):
             inv_freq = _dynamic_inv_freq(cfg, positions)
         else:
             inv_freq = jnp.asarray(rope_inv_freq(cfg))
-        q = apply_rope(q, positions, inv_freq)
-        k = apply_rope(k, positions, inv_freq)
-
-        if kv is not None:  # write this call's keys/values at slots [cache_index, cache_index + T)
-            lead = () if self.cache_layer is None else (self.cache_layer,)  # stacked cache: this layer's index
-            at = lead + (0, cache_index, 0, 0)
-            new_kv = tuple(jax.lax.dynamic_update_slice(c, x.reshape((1,) * len(lead) + x.shape).astype(c.dtype), at)
-                           for c, x in ((kv[0], k), (kv[1], v)))
-            k, v = ((c[lead] if lead else c).astype(dtype) for c in new_kv)  # [B, S, K, H]
-        else:
-            new_kv = None
-
         scale = H**-0.5
-        if mask is None and cfg.attention_impl == "dot_product_attention":
-            out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True)  # [B, T, N, H]
-        elif mask is None:
-            out = causal_attention(q, k, v, scale, dtype)  # [B, T, N, H]
-        elif cfg.attention_impl == "dot_product_attention":
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, :, :], scale=scale)  # [B, T, N, H]
+        new_kv = None
+        if kv is None and mask is None and cfg.attention_impl != "dot_product_attention":
+            # Causal within this call (training, scoring): heads-major, see `causal_attention`.
+            q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # [B, N|K, T, H]
+            q = apply_rope(q, positions, inv_freq, heads_major=True)
+            k = apply_rope(k, positions, inv_freq, heads_major=True)
+            out = jnp.swapaxes(causal_attention(q, k, v, scale, dtype), 1, 2)  # [B, T, N, H]
         else:
-            B, T = q.shape[:2]
-            qg = q.reshape(B, T, K, N // K, H)  # [B, T, K, G, H]
-            logits = jnp.einsum("btkgh,bskh->bkgts", qg, k).astype(jnp.float32) * scale  # [B, K, G, T, S]
-            logits = jnp.where(mask[:, None, None, :, :], logits, MASKED_LOGIT)
-            probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
-            out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(B, T, N, H)  # [B, T, N, H]
+            q = apply_rope(q, positions, inv_freq)
+            k = apply_rope(k, positions, inv_freq)
+            if kv is not None:  # write this call's keys/values at slots [cache_index, cache_index + T)
+                lead = () if self.cache_layer is None else (self.cache_layer,)  # stacked cache: this layer's index
+                at = lead + (0, cache_index, 0, 0)
+                new_kv = tuple(jax.lax.dynamic_update_slice(c, x.reshape((1,) * len(lead) + x.shape).astype(c.dtype), at)
+                               for c, x in ((kv[0], k), (kv[1], v)))
+                k, v = ((c[lead] if lead else c).astype(dtype) for c in new_kv)  # [B, S, K, H]
+            if mask is None:
+                out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True)  # [B, T, N, H]
+            elif cfg.attention_impl == "dot_product_attention":
+                out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, :, :], scale=scale)  # [B, T, N, H]
+            else:
+                B, T = q.shape[:2]
+                qg = q.reshape(B, T, K, N // K, H)  # [B, T, K, G, H]
+                logits = jnp.einsum("btkgh,bskh->bkgts", qg, k).astype(jnp.float32) * scale  # [B, K, G, T, S]
+                logits = jnp.where(mask[:, None, None, :, :], logits, MASKED_LOGIT)
+                probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+                out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(B, T, N, H)  # [B, T, N, H]
 
         o_proj = Projection((x.shape[-1],), 2, ("heads", "head_dim", "embed"), None, dtype, pdtype, int8, name="o_proj")
         out = o_proj(out)  # [B, T, D]
