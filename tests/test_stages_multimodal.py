@@ -179,6 +179,25 @@ def test_stage2_config_task_mix_reaches_the_builder(text_dir, tmp_path):
     assert abs(share - 1 / 3) < 0.05, share
 
 
+def test_stage2_validation_spreads_the_tasks_over_studies_and_repeats_them(text_dir, tmp_path):
+    """Validation draws each study's task from its own study id: over 120 studies every task
+    appears, VQA about as often as in training (binomial sd <= 0.046), and a second pass gives the
+    same sequences. (One generator seeded alike for every study gave all of them the same task.)"""
+    stage = make_stage(text_dir, tmp_path, cls=multimodal.Stage2)
+    studies = [phantoms.generate_study(1, i, resolution=32) for i in range(120)]
+    for study in studies:
+        study["image"] = study["image"][..., None]
+        study["findings"], study["impression"] = "Heart size is normal.", "No acute process."
+    first = [stage.eval_preprocess(study) for study in studies]
+    tasks = np.asarray([int(e["task_id"]) for e in first])
+    assert set(tasks.tolist()) == set(range(len(templates.TASKS))), np.bincount(tasks)
+    weights = dict(stage.builder.config.task_weights)
+    share = weights["vqa"] / sum(weights.values())  # the training share of VQA
+    assert abs(np.mean(tasks == templates.TASKS.index("vqa")) - share) < 0.15, (share, np.bincount(tasks))
+    again = [stage.eval_preprocess(study) for study in studies]
+    assert all(np.array_equal(a["tokens"], b["tokens"]) for a, b in zip(first, again))
+
+
 def test_stage1_recon_on_report_to_image_rows_equals_all_rows(text_dir, tmp_path):
     """Stage 1 decodes only the report -> image rows; the value and gradient equal the all-rows
     computation (rows without an image target contribute zero there)."""

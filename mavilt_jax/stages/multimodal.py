@@ -39,7 +39,7 @@ from mavilt_jax.deprecation import moved_attributes
 from mavilt_jax.models import cxr_encoder, vqgan
 from mavilt_jax.models.embeddings import extend_embeddings
 from mavilt_jax.stages import lm
-from mavilt_jax.stages.base import Batch, Measurements, TrainState
+from mavilt_jax.stages.base import Batch, Measurements, TrainState, eval_rng
 
 # The shared LM stage moved to `mavilt_jax.stages.lm` (old names kept for a while).
 __getattr__ = moved_attributes(__name__, {
@@ -303,6 +303,6 @@ class Stage2(Stage1):
 
     def eval_preprocess(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
         codes, extra = self._codes_and_image(example)
-        out = self.builder.stage2_example(example, codes, np.random.default_rng(0), split="eval")
+        out = self.builder.stage2_example(example, codes, eval_rng(example), split="eval")
         keys = ("tokens", "targets", "loss_mask", "positions", "is_image_target", "task_id")
         return {**{k: out[k] for k in keys}, **extra}
