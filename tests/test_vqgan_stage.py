@@ -220,3 +220,13 @@ def test_clinical_vqgan_without_phi_refuses_to_start():
     assert not config.phi.checkpoint
     with pytest.raises(ValueError, match=r"lambda_feat > 0 needs phi.checkpoint"):
         vqgan_stage.VQGANStage(config)
+
+
+def test_the_default_without_phi_says_the_feature_term_is_off(capsys):
+    # configs/vqgan.py sets lambda_feat = 0 when no phi= is given: the stage says so on the terminal,
+    # and stays silent when the term is on or when the ablation turns both clinical terms off.
+    vqgan_stage.VQGANStage(vqgan_config.config(runlocal=True))
+    assert "Eq. 4's feature term is off" in capsys.readouterr().out
+    vqgan_stage.VQGANStage(_config(lambda_feat=0.1))
+    vqgan_stage.VQGANStage(vqgan_config.config(runlocal=True, clinical=False))
+    assert "feature term" not in capsys.readouterr().out

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from mavilt_jax import checkpointing, losses, optimizers
+from mavilt_jax import checkpointing, losses, optimizers, progress
 from mavilt_jax.evaluation import image_metrics
 from mavilt_jax.models import cxr_encoder, discriminator, vqgan
 from mavilt_jax.stages.base import Batch, Measurements, Stage, TrainState
@@ -62,6 +62,11 @@ class VQGANStage(Stage):
             else:
                 raise ValueError("loss.lambda_feat > 0 needs phi.checkpoint (a trained CXR encoder workdir)")
         self.phi = cxr_encoder.CxrEncoder(phi_cfg) if phi_cfg else None
+        if self.lambda_grad and not self.lambda_feat:
+            # configs/vqgan.py turns the feature term off when no phi is given: say so, since the
+            # tokenizer then trains without part of Eq. 4 (the ablation turns both terms off).
+            progress.show("vqgan: Eq. 4's feature term is off (loss.lambda_feat = 0); give phi=DIR, a trained "
+                          "CXR encoder workdir, to train with it")
         self.tx = optimizers.make_optimizer(config.optimizer, total_steps=config.total_steps)
         self.disc_tx = optax.adam(config.disc_optimizer.learning_rate, b1=config.disc_optimizer.b1,
                                   b2=config.disc_optimizer.b2)
