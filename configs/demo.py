@@ -73,9 +73,10 @@ def config(*, steps: int | None = None, model: str = "cpu", long: bool = False, 
     for name in ("stage1", "stage2"):
         pipeline[name].eval_max_batches = 2 if smoke else 16
     if smoke:
-        for name in (*STEPS, "evaluation"):
+        for name in STEPS:
             pipeline[name].disable_most_optimizations = True
             pipeline[name].checkpoint.async_save = False
+        pipeline.evaluation.disable_most_optimizations = True
     config = ml_collections.ConfigDict()
     config.stage = "pipeline"
     config.pipeline = pipeline
