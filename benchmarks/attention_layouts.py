@@ -62,15 +62,8 @@ def _attention_jax(cfg: llm.LLMConfig, layout: str, B: int, T: int):
             q = jnp.einsum("btd,dnh->bnth", x, w["q"])
             k = jnp.einsum("btd,dkh->bkth", x, w["k"])
             v = jnp.einsum("btd,dkh->bkth", x, w["v"])
-            freqs = positions[0].astype(jnp.float32)[:, None] * inv_freq[None, :]
-            emb = jnp.concatenate([freqs, freqs], -1)  # [T, H]
-            cos, sin = jnp.cos(emb), jnp.sin(emb)
-
-            def rope(t):
-                t1, t2 = jnp.split(t, 2, axis=-1)
-                return t * cos + jnp.concatenate([-t2, t1], -1) * sin
-
-            q, k = rope(q), rope(k)
+            q = llm.apply_rope(q, positions, inv_freq, heads_major=True)
+            k = llm.apply_rope(k, positions, inv_freq, heads_major=True)
             qg = q.reshape(B, K, G, T, H)
             logits = jnp.einsum("bkgth,bksh->bkgts", qg, k) * scale
             causal = jax.lax.broadcasted_iota(jnp.int32, (T, T), 0) >= jax.lax.broadcasted_iota(jnp.int32, (T, T), 1)
@@ -79,30 +72,15 @@ def _attention_jax(cfg: llm.LLMConfig, layout: str, B: int, T: int):
             out = jnp.einsum("bkgts,bksh->bkgth", probs, v).reshape(B, N, T, H)
             return jnp.einsum("bnth,nhd->btd", out, w["o"])
         if layout.startswith("heads_major_blocks"):
-            # heads-major projections ([B,N,T,H], the dot writes that order), rotary on that layout,
-            # then causal query blocks slicing keys/values along their contiguous S axis (no
-            # per-block transpose of k[:, :end] as in the [B,T,K,H] layout)
+            # models/llm.py's training path: heads-major projections ([B,N,T,H], the dot writes that
+            # order), rotary there, `llm.causal_attention` in query blocks of C
             C = int(layout.removeprefix("heads_major_blocks"))
             q = jnp.einsum("btd,dnh->bnth", x, w["q"])
             k = jnp.einsum("btd,dkh->bkth", x, w["k"])
             v = jnp.einsum("btd,dkh->bkth", x, w["v"])
-            freqs = positions[0].astype(jnp.float32)[:, None] * inv_freq[None, :]  # [T, H/2]
-            cos, sin = jnp.cos(freqs), jnp.sin(freqs)
-
-            def rope(t):
-                t1, t2 = jnp.split(t, 2, axis=-1)
-                return jnp.concatenate([t1 * cos - t2 * sin, t2 * cos + t1 * sin], axis=-1)
-
-            q, k = rope(q), rope(k)
-            qg = q.reshape(B, K, G, T, H)
-            outs = []
-            for start in range(0, T, C):
-                end = min(start + C, T)
-                logits = jnp.einsum("bkgth,bksh->bkgts", qg[:, :, :, start:end], k[:, :, :end]) * scale
-                causal = np.arange(end)[None, :] <= np.arange(start, end)[:, None]
-                probs = jax.nn.softmax(jnp.where(causal, logits, _MASKED), axis=-1)
-                outs.append(jnp.einsum("bkgts,bksh->bkgth", probs, v[:, :, :end]))
-            out = jnp.concatenate(outs, axis=3).reshape(B, N, T, H)
+            q = llm.apply_rope(q, positions, inv_freq, heads_major=True)
+            k = llm.apply_rope(k, positions, inv_freq, heads_major=True)
+            out = llm.causal_attention(q, k, v, scale, jnp.float32, block=C)
             return jnp.einsum("bnth,nhd->btd", out, w["o"])
         q, k, v = proj_btnh(x, w["q"]), proj_btnh(x, w["k"]), proj_btnh(x, w["v"])
         q, k = llm.apply_rope(q, positions, inv_freq), llm.apply_rope(k, positions, inv_freq)
@@ -267,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="d512", choices=sorted(SIZES))
     args = parser.parse_args(argv)
     layouts = args.layouts.split(",")
-    if any(lay not in ATTENTION and not lay.removeprefix("causal_blocks").removeprefix("heads_major_blocks").isdigit() for lay in layouts):
+    blocks = ("causal_blocks", "heads_major_blocks")
+    if any(lay not in ATTENTION and not any(lay.startswith(b) and lay.removeprefix(b).isdigit() for b in blocks)
+           for lay in layouts):
         print(f"error: --layouts must be a subset of {','.join(ATTENTION)}", file=sys.stderr)
         return 2
     cfg, B, T = SIZES[args.size]

@@ -215,6 +215,5 @@ def test_stage1_recon_on_report_to_image_rows_equals_all_rows(text_dir, tmp_path
     stage.recon_rows = multimodal.Stage1.recon_rows
     assert float(slow) > 0 and float(fast) == pytest.approx(float(slow), rel=1e-5)
     for a, b in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(slow_grads)):
-        # float32 sums over other row sets: compare to 1e-4 of each leaf's largest gradient
-        b = np.asarray(b)
-        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
+        # atol 1e-6: float32 sums over other row sets (one entry of 10,816 differed by 2e-7)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
