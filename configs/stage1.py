@@ -48,7 +48,8 @@ def config(*, runlocal: bool = False, model: str | None = None, text: str = "", 
         max_len=384, cond_drop_prob=0.1, report_section="both", use_chat_template=True,
         fixed_instructions=False))  # True: one wording per task (Table IV ablation)
     config.loss = ml_collections.ConfigDict(dict(
-        lambda_reg=1e-4, lambda_recon=0.1, lambda_grad=1.0, lambda_feat=0.1 if phi else 0.0))
+        lambda_reg=1e-4, lambda_recon=0.1, lambda_grad=1.0, lambda_feat=0.1 if phi else 0.0,
+        task_normalization="tokens"))  # or "sequences" (see mavilt_jax/stages/lm.py)
     config.total_steps = 20_000
     config.batch_size = 32
     config.optimizer = common.optimizer_config(learning_rate=3e-4, warmup_steps=500)

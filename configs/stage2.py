@@ -32,6 +32,10 @@ def config(*, runlocal: bool = False, model: str | None = None, stage1: str = ""
     # Eq. 8-10's task mix: VQA has six question types to learn from one example each, so it gets
     # twice the weight of each report task (1/3 of the examples; the three report tasks share one skill).
     config.sequence.task_weights = dict(report=1.0, findings=1.0, impression=1.0, report_to_image=1.0, vqa=2.0)
+    # Every example weighs the same in L_task: with a token mean, a 1-3-token VQA answer beside
+    # ~130-token reports and 64-code images gets ~1 % of the gradient, and VQA is learned as the
+    # per-question prior, not from the image.
+    config.loss.task_normalization = "sequences"
     return common.override(config, overrides)
 
 

@@ -37,8 +37,9 @@ def text_dir(tmp_path_factory):
     return d
 
 
-def make_stage(text_dir, tmp_path, *, recon=0.0, reg=0.0, cls=multimodal.Stage1, res=32):
+def make_stage(text_dir, tmp_path, *, recon=0.0, reg=0.0, cls=multimodal.Stage1, res=32, normalization="tokens"):
     config = stage1_config.get_config(f"runlocal,model=tiny,text={text_dir},recon={recon},reg={reg},res={res}")
+    config.loss.task_normalization = normalization
     config.vqgan.model.update(channel_multipliers=(1, 2, 2, 4), base_channels=8, embedding_dim=8, codebook_size=32,
                               norm_groups=4)  # 32 px / 8 -> 4 x 4 = 16 codes
     config.vqgan.allow_random = True  # no VQ-GAN training in these tests
@@ -93,6 +94,45 @@ def test_masked_cross_entropy_by_hand():
     logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]]))
     total, count = lm.masked_cross_entropy(logits, jnp.array([[0, 1]]), jnp.array([[1.0, 0.0]]))
     assert float(total) == pytest.approx(-np.log(0.5), rel=1e-6) and float(count) == 1.0
+
+
+def test_sequence_mean_cross_entropy_by_hand():
+    # Row 0 scores one token (p = 0.5), row 1 three (p = 0.8, 0.25, 0.1), row 2 none: each scored
+    # row weighs the same, whatever its length: (-log 0.5 + (-log 0.8 - log 0.25 - log 0.1) / 3) / 2.
+    p = np.array([[[0.5, 0.25, 0.25]] * 3, [[0.1, 0.8, 0.1], [0.25, 0.5, 0.25], [0.1, 0.1, 0.8]],
+                  [[1 / 3] * 3] * 3])
+    targets = jnp.array([[0, 0, 0], [1, 0, 0], [0, 0, 0]])
+    mask = jnp.array([[1.0, 0, 0], [1, 1, 1], [0, 0, 0]])
+    got = lm.sequence_mean_cross_entropy(jnp.log(jnp.asarray(p)), targets, mask)
+    want = (-np.log(0.5) + (-np.log(0.8) - np.log(0.25) - np.log(0.1)) / 3) / 2
+    assert float(got) == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("normalization", ["tokens", "sequences"])
+def test_task_loss_normalization_matches_numpy(text_dir, tmp_path, normalization):
+    """L_task from the model's own logits, recomputed with numpy's log-softmax: a mean over all
+    scored tokens ("tokens") or over each row's tokens, then over rows ("sequences")."""
+    stage = make_stage(text_dir, tmp_path, cls=multimodal.Stage2, normalization=normalization)
+    state = init(stage)
+    batch = batch_of(stage, n=4, seed=3)
+    seq = stage.prepare_batch(state.frozen, batch)
+    _, m = stage.objective(state.params, state.frozen, seq)
+    logits = np.asarray(stage.model.apply({"params": state.params}, seq["tokens"], seq["positions"])[0], np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(logp, np.asarray(seq["targets"])[..., None], -1)[..., 0]
+    mask = np.asarray(seq["loss_mask"], np.float64)
+    if normalization == "tokens":
+        want = (ce * mask).sum() / mask.sum()
+    else:
+        rows = mask.sum(-1) > 0
+        want = np.mean([(ce[r] * mask[r]).sum() / mask[r].sum() for r in np.flatnonzero(rows)])
+    assert float(m["task_loss"]) == pytest.approx(want, rel=1e-5)
+
+
+def test_unknown_task_normalization_raises(text_dir, tmp_path):
+    with pytest.raises(ValueError, match="task_normalization"):
+        make_stage(text_dir, tmp_path, normalization="batch")
 
 
 def test_stage1_batch_has_both_directions_and_real_codes(text_dir, tmp_path):
@@ -169,6 +209,7 @@ def test_stage2_config_task_mix_reaches_the_builder(text_dir, tmp_path):
     stage.setup(str(tmp_path))
     assert dict(stage.builder.config.task_weights) == {
         "report": 1.0, "findings": 1.0, "impression": 1.0, "report_to_image": 1.0, "vqa": 2.0}
+    assert stage.task_normalization == "sequences"
     study = phantoms.generate_study(0, 3, resolution=32)
     study["findings"], study["impression"] = "Heart size is normal.", "No acute process."
     assert study["vqa"]

@@ -5,7 +5,12 @@ One train step (Eq. 12):
   L = L_task + lambda_recon * L_recon + lambda_reg * L_reg
 
 - L_task: masked next-token cross-entropy over the scored tokens (text and image codes); the
-  text and image parts are reported separately.
+  text and image parts are reported separately. ``loss.task_normalization`` says how tokens are
+  averaged: "tokens" (every scored token of the batch weighs the same) or "sequences" (the mean
+  over each sequence's scored tokens, then over the sequences that have any: every example
+  weighs the same, whatever its length). Stage 2 uses "sequences": its rows mix ~130-token
+  reports, 64-code images and 1-3-token VQA answers, and a token mean gives the answers ~1 % of
+  the gradient although VQA is a third of the examples.
 - L_reg (Eq. 11): ||theta - theta_pretrained||^2 over the pretrained entries (`losses.weight_anchor_loss`),
   the anchor a frozen copy in ``TrainState.frozen["anchor"]``.
 - L_recon: defined by the multimodal stages (`mavilt_jax.stages.multimodal`).
@@ -80,10 +85,22 @@ def rebox(boxed: Any, values: Any) -> Any:
     return jax.tree.map(lambda b, v: b.replace_boxed(v) if is_box(b) else v, boxed, values, is_leaf=is_box)
 
 
+TASK_NORMALIZATIONS = ("tokens", "sequences")
+
+
 def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(sum of -log p(target) over ``mask``, number of masked tokens)."""
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, L]
     return jnp.sum(ce * mask), jnp.sum(mask)
+
+
+def sequence_mean_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean over the rows with a scored token of each row's mean -log p(target) over ``mask``."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, L]
+    n = jnp.sum(mask, axis=-1)  # [B]
+    per_row = jnp.sum(ce * mask, axis=-1) / jnp.maximum(n, 1.0)
+    has = (n > 0).astype(per_row.dtype)
+    return jnp.sum(per_row * has) / jnp.maximum(jnp.sum(has), 1.0)
 
 
 class LMStage(Stage):
@@ -114,6 +131,9 @@ class LMStage(Stage):
         loss = self.config.get("loss", ml_collections.ConfigDict())
         self.lambda_reg = float(loss.get("lambda_reg", 0.0))
         self.lambda_recon = float(loss.get("lambda_recon", 0.0))
+        self.task_normalization = str(loss.get("task_normalization", "tokens"))
+        if self.task_normalization not in TASK_NORMALIZATIONS:
+            raise ValueError(f"loss.task_normalization={self.task_normalization!r}; expected one of {TASK_NORMALIZATIONS}")
 
     # ---- state --------------------------------------------------------------------------------
     def init_params(self, rng: jax.Array) -> Any:
@@ -148,7 +168,10 @@ class LMStage(Stage):
         text_mask = mask - image_mask
         text_sum, text_n = masked_cross_entropy(logits, seq["targets"], text_mask)
         image_sum, image_n = masked_cross_entropy(logits, seq["targets"], image_mask)
-        task = (text_sum + image_sum) / jnp.maximum(text_n + image_n, 1.0)
+        if self.task_normalization == "sequences":
+            task = sequence_mean_cross_entropy(logits, seq["targets"], mask)
+        else:
+            task = (text_sum + image_sum) / jnp.maximum(text_n + image_n, 1.0)
         m = {"task_loss": task, "text_ce": text_sum / jnp.maximum(text_n, 1.0),
              "image_ce": image_sum / jnp.maximum(image_n, 1.0), "scored_tokens": text_n + image_n}
         total = task
