@@ -7,6 +7,7 @@ import string
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from mavilt_jax.data import templates as T
 
@@ -31,6 +32,22 @@ def test_train_and_eval_wordings_are_disjoint_with_the_right_placeholders(task, 
         assert template.task == task
         assert _fields(template.text) == expected
     assert T.default_template(task, qtype) == held_out[0]
+
+
+@pytest.mark.parametrize("task,qtype", list(_all_keys()))
+def test_train_wordings_are_many_and_distinct(task, qtype):
+    train = [t.text for t in T.templates(task, "train", qtype)]
+    assert len(train) == len(set(train)) >= 25
+
+
+def test_vqa_question_types_share_their_wording_around_the_question():
+    """The answer's form must come from the question: apart from a few hand-written wordings per
+    type, every question type is asked with the same prefixes and suffixes."""
+    train = {q: {t.text for t in T.templates("vqa", "train", q)} for q in T.VQA_TYPES}
+    shared = set.intersection(*train.values())
+    assert len(shared) >= 25
+    for q in T.VQA_TYPES:
+        assert len(train[q] - shared) <= 4, q
 
 
 def test_render():
@@ -62,7 +79,7 @@ def test_sampling_is_uniform_over_train_wordings_and_reproducible():
     assert set(counts) == set(train)  # held-out wordings are never drawn
     expected = n / len(train)
     chi2 = sum((counts[t] - expected) ** 2 / expected for t in train)
-    assert chi2 < 20.5  # 99.9% quantile of chi-square with 5 degrees of freedom
+    assert chi2 < scipy.stats.chi2.ppf(0.999, len(train) - 1)
     a = [T.sample_template("vqa", np.random.default_rng(3), question_type="location").text for _ in range(3)]
     assert len(set(a)) == 1
     assert T.sample_template("findings", np.random.default_rng(1), split="eval").text in {

@@ -1,8 +1,16 @@
 """Task-adaptive instruction templates for stage 2 (Eq. 8-10).
 
-Each task has several paraphrased instructions so that the model learns the task and not one
+Each task has many paraphrased instructions so that the model learns the task and not one
 wording: training samples one per example (``split="train"``), evaluation uses a fixed, disjoint
 held-out set (``split="eval"``) so that a score also measures robustness to unseen phrasings.
+
+The training wordings are a few hand-written ones plus compositions (verb x object x target for
+the report tasks; a prefix and a suffix around the question for VQA). Why: with a handful of
+distinctive wordings per task a model keys the task on the wording rather than on its content
+words, and a held-out wording lands on the nearest training one ("Please dictate the report ..."
+answered as an impression, because "State the conclusion of the report ..." was the nearest).
+The VQA prefixes and suffixes are shared by every question type, so the answer's form (yes/no,
+a side, a size, a zone) has to come from the question itself.
 
 Tasks (Eq. 8: report generation, Eq. 9: report -> image, Eq. 10: VQA):
   "report"           the full report (findings and impression) of the image
@@ -39,6 +47,28 @@ class Template:
         return self.text.format(**fields)
 
 
+def _compose(*parts: tuple[str, ...]) -> tuple[str, ...]:
+    """Every concatenation of one string from each part, in order (the last part varies fastest)."""
+    out = [""]
+    for part in parts:
+        out = [a + b for a in out for b in part]
+    return tuple(out)
+
+
+def _unique(*groups: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(w for group in groups for w in group))
+
+
+_VERBS = ("Write", "Provide", "Generate", "Give", "Prepare", "Compose")
+_ON_IMAGE = (" for this chest X-ray.", " of this chest radiograph.", " for the image.")
+_IMAGE_KINDS = ("a chest X-ray", "a frontal chest radiograph", "the chest image")
+_TO_REPORT = (" that matches this report: {report}", " for this report: {report}", " consistent with this report: {report}")
+# VQA wording around the question, shared by every question type.
+_VQA_PREFIXES = ("", "Look at the chest X-ray. ", "Review the chest film. ", "Examine this radiograph. ",
+                 "Regarding this image: ", "Question about the study: ", "Read the radiograph. ")
+_VQA_SUFFIXES = ("", " Be brief.", " Answer concisely.", " Keep it short.")
+_VQA_SHARED = _compose(_VQA_PREFIXES, ("{question}",), _VQA_SUFFIXES)
+
 # (train wordings, held-out eval wordings) per task.
 _REPORT = (
     (
@@ -48,7 +78,8 @@ _REPORT = (
         "You are a radiologist. Report on this chest film.",
         "Provide a complete radiology report for this frontal chest radiograph.",
         "What does this chest X-ray show? Answer as a radiology report.",
-    ),
+    ) + _compose(_VERBS, (" the full radiology report", " a complete report (findings and impression)",
+                          " the radiology report"), _ON_IMAGE),
     (
         "Please dictate the report for this chest radiograph.",
         "Produce the radiologist's report of this chest image.",
@@ -61,7 +92,7 @@ _FINDINGS = (
         "List the radiographic findings in this chest image.",
         "What are the findings on this chest film?",
         "Report only the findings of this chest radiograph.",
-    ),
+    ) + _compose(_VERBS, (" the FINDINGS section", " the findings", " only the findings"), _ON_IMAGE),
     (
         "Give the findings section of the report for this image.",
         "Detail what is seen on this chest radiograph.",
@@ -74,7 +105,7 @@ _IMPRESSION = (
         "Summarise this chest radiograph in a short impression.",
         "What is your overall impression of this chest film?",
         "State the conclusion of the report for this image.",
-    ),
+    ) + _compose(_VERBS, (" the IMPRESSION section", " the impression", " a short impression"), _ON_IMAGE),
     (
         "Provide a one-line impression of this chest radiograph.",
         "What is the diagnostic impression of this study?",
@@ -87,7 +118,7 @@ _REPORT_TO_IMAGE = (
         "Report: {report} Produce the corresponding chest X-ray.",
         "Synthesise a frontal chest radiograph for this report: {report}",
         "Draw the chest X-ray described here: {report}",
-    ),
+    ) + _compose(("Generate ", "Create ", "Synthesise ", "Produce ", "Draw ", "Make "), _IMAGE_KINDS, _TO_REPORT),
     (
         "Render a chest radiograph showing the following: {report}",
         "Here is a radiology report: {report} Generate the image it describes.",
@@ -124,7 +155,9 @@ _VQA = {
         ("Answer briefly about the radiograph. {question}",),
     ),
 }
-_TEXT = {"report": _REPORT, "findings": _FINDINGS, "impression": _IMPRESSION, "report_to_image": _REPORT_TO_IMAGE}
+_VQA = {kind: (_unique(train, _VQA_SHARED), held_out) for kind, (train, held_out) in _VQA.items()}
+_TEXT = {task: (_unique(train), held_out) for task, (train, held_out) in (
+    ("report", _REPORT), ("findings", _FINDINGS), ("impression", _IMPRESSION), ("report_to_image", _REPORT_TO_IMAGE))}
 
 
 def templates(task: str, split: str = "train", question_type: str | None = None) -> tuple[Template, ...]:
