@@ -96,14 +96,15 @@ def test_masked_cross_entropy_by_hand():
     assert float(total) == pytest.approx(-np.log(0.5), rel=1e-6) and float(count) == 1.0
 
 
-def test_sequence_mean_cross_entropy_by_hand():
+def test_sequence_mean_by_hand():
     # Row 0 scores one token (p = 0.5), row 1 three (p = 0.8, 0.25, 0.1), row 2 none: each scored
     # row weighs the same, whatever its length: (-log 0.5 + (-log 0.8 - log 0.25 - log 0.1) / 3) / 2.
     p = np.array([[[0.5, 0.25, 0.25]] * 3, [[0.1, 0.8, 0.1], [0.25, 0.5, 0.25], [0.1, 0.1, 0.8]],
                   [[1 / 3] * 3] * 3])
     targets = jnp.array([[0, 0, 0], [1, 0, 0], [0, 0, 0]])
     mask = jnp.array([[1.0, 0, 0], [1, 1, 1], [0, 0, 0]])
-    got = lm.sequence_mean_cross_entropy(jnp.log(jnp.asarray(p)), targets, mask)
+    ce = -np.log(np.take_along_axis(p, np.asarray(targets)[..., None], -1)[..., 0])
+    got = lm.sequence_mean(jnp.asarray(ce), mask)
     want = (-np.log(0.5) + (-np.log(0.8) - np.log(0.25) - np.log(0.1)) / 3) / 2
     assert float(got) == pytest.approx(want, rel=1e-6)
 
@@ -114,20 +115,27 @@ def test_task_loss_normalization_matches_numpy(text_dir, tmp_path, normalization
     scored tokens ("tokens") or over each row's tokens, then over rows ("sequences")."""
     stage = make_stage(text_dir, tmp_path, cls=multimodal.Stage2, normalization=normalization)
     state = init(stage)
+    # Initial weights give every token a loss of about log V, which no averaging tells apart:
+    # random weights of a larger scale make the per-token losses (and so the two means) differ.
+    leaves, tree = jax.tree.flatten(state.params)
+    keys = jax.random.split(jax.random.key(7), len(leaves))
+    params = tree.unflatten([x + 0.5 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
     batch = batch_of(stage, n=4, seed=3)
     seq = stage.prepare_batch(state.frozen, batch)
-    _, m = stage.objective(state.params, state.frozen, seq)
-    logits = np.asarray(stage.model.apply({"params": state.params}, seq["tokens"], seq["positions"])[0], np.float64)
+    _, m = stage.objective(params, state.frozen, seq)
+    logits = np.asarray(stage.model.apply({"params": params}, seq["tokens"], seq["positions"])[0], np.float64)
     logp = logits - logits.max(-1, keepdims=True)
     logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
     ce = -np.take_along_axis(logp, np.asarray(seq["targets"])[..., None], -1)[..., 0]
     mask = np.asarray(seq["loss_mask"], np.float64)
-    if normalization == "tokens":
-        want = (ce * mask).sum() / mask.sum()
-    else:
-        rows = mask.sum(-1) > 0
-        want = np.mean([(ce[r] * mask[r]).sum() / mask[r].sum() for r in np.flatnonzero(rows)])
+    image = np.asarray(seq["is_image_target"], bool)
+    token_mean = (ce * mask).sum() / mask.sum()
+    rows = np.flatnonzero(mask.sum(-1) > 0)
+    row_mean = np.mean([(ce[r] * mask[r]).sum() / mask[r].sum() for r in rows])
+    assert abs(token_mean - row_mean) > 1e-3 * token_mean  # 100x the tolerance below: the batch tells them apart
+    want = token_mean if normalization == "tokens" else row_mean
     assert float(m["task_loss"]) == pytest.approx(want, rel=1e-5)
+    assert float(m["text_ce"]) == pytest.approx((ce * mask * ~image).sum() / (mask * ~image).sum(), rel=1e-5)
 
 
 def test_unknown_task_normalization_raises(text_dir, tmp_path):

@@ -94,11 +94,10 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array)
     return jnp.sum(ce * mask), jnp.sum(mask)
 
 
-def sequence_mean_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean over the rows with a scored token of each row's mean -log p(target) over ``mask``."""
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, L]
+def sequence_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean over the rows with a masked entry of each row's mean of ``values`` [B, L] over ``mask``."""
     n = jnp.sum(mask, axis=-1)  # [B]
-    per_row = jnp.sum(ce * mask, axis=-1) / jnp.maximum(n, 1.0)
+    per_row = jnp.sum(values * mask, axis=-1) / jnp.maximum(n, 1.0)
     has = (n > 0).astype(per_row.dtype)
     return jnp.sum(per_row * has) / jnp.maximum(jnp.sum(has), 1.0)
 
@@ -166,10 +165,11 @@ class LMStage(Stage):
         mask = seq["loss_mask"]
         image_mask = mask * seq["is_image_target"] if "is_image_target" in seq else jnp.zeros_like(mask)
         text_mask = mask - image_mask
-        text_sum, text_n = masked_cross_entropy(logits, seq["targets"], text_mask)
-        image_sum, image_n = masked_cross_entropy(logits, seq["targets"], image_mask)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, seq["targets"])  # [B, L]
+        text_sum, text_n = jnp.sum(ce * text_mask), jnp.sum(text_mask)
+        image_sum, image_n = jnp.sum(ce * image_mask), jnp.sum(image_mask)
         if self.task_normalization == "sequences":
-            task = sequence_mean_cross_entropy(logits, seq["targets"], mask)
+            task = sequence_mean(ce, mask)
         else:
             task = (text_sum + image_sum) / jnp.maximum(text_n + image_n, 1.0)
         m = {"task_loss": task, "text_ce": text_sum / jnp.maximum(text_n, 1.0),
