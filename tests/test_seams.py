@@ -1,7 +1,7 @@
 """The seams between stages, on the tiny main job's real checkpoints (`tiny_main_job` in conftest):
 
-- text pretraining -> stage 1: the text rows kept exactly, the new rows by the "mean" rule of
-  `extend_embeddings`, the anchor of Eq. 11 equal to the pretrained weights, the VQ-GAN (and phi)
+- text pretraining -> stage 1: the text rows kept exactly, the new rows by the configured rule of
+  `extend_embeddings` (``code_embedding_init``), the anchor of Eq. 11 equal to the pretrained weights, the VQ-GAN (and phi)
   frozen and equal to their own stages' parameters, before and after training;
 - stage 1 -> stage 2 (``init_from``): the frozen arrays carried over as they are, the parameters
   within three Adam steps of stage 1's;
@@ -70,11 +70,8 @@ def test_text_pretrain_to_stage1_handoff(job, tmp_path, compile_fast):
     # Pretrained text rows (and head columns) kept exactly.
     np.testing.assert_array_equal(embed[:T], text["embed"]["embedding"][:T])
     np.testing.assert_array_equal(head[:, :T], text["lm_head"]["kernel"][:, :T])
-    # New rows (image codes, specials): the "mean" rule, mean + 0.01 * std * z per dimension.
-    for new, old in ((embed[T:], text["embed"]["embedding"][:T]), (head[:, T:].T, text["lm_head"]["kernel"][:, :T].T)):
-        mean, std = old.mean(axis=0), old.std(axis=0)
-        assert np.all(np.abs(new - mean) <= 6 * 0.01 * std + 1e-6)
-        assert np.all(new.std(axis=0) > 0)  # the noise tells the new tokens apart
+    # New rows (image codes, specials): by the job's configured rule.
+    _assert_new_rows(state, text, stage.layout, config.code_embedding_init, _codebook(job))
     # Every other parameter is the text-pretrained one.
     rest = lambda p: {k: v for k, v in p.items() if k not in ("embed", "lm_head")}
     _assert_trees_equal(rest(state.params), rest(text), "LLM parameters")
@@ -97,6 +94,48 @@ def test_text_pretrain_to_stage1_handoff(job, tmp_path, compile_fast):
     _assert_trees_equal(trained["vqgan"], vqgan, "frozen VQ-GAN after stage 1")
     _assert_trees_equal(trained["phi"], phi, "frozen phi after stage 1")
     _assert_trees_equal(trained["anchor"], state.frozen["anchor"], "anchor after stage 1")
+
+
+def _codebook(job) -> np.ndarray:
+    return np.asarray(checkpointing.load_subtree(str(job / "vqgan"), "params")["quantizer"]["codebook"], np.float64)
+
+
+def _assert_new_rows(state, text, layout, init, codebook: np.ndarray) -> None:
+    """The appended embedding rows and head columns, checked in numpy against the text-pretrained
+    ones: row = mean + noise_scale * std * z per dimension; "mean": z ~ N(0, 1) (|z| < 6);
+    "codebook": the image codes' z, standardised per dimension, is an affine function of the
+    VQ-GAN codebook (exact least-squares fit on [codebook, 1]); specials as in "mean"."""
+    T, C = layout.text_vocab_size, layout.codebook_size
+    embed, head = np.asarray(state.params["embed"]["embedding"]), np.asarray(state.params["lm_head"]["kernel"])
+    for new, old in ((embed[T:], text["embed"]["embedding"][:T]), (head[:, T:].T, text["lm_head"]["kernel"][:, :T].T)):
+        old = np.asarray(old, np.float64)
+        z = (np.asarray(new, np.float64) - old.mean(axis=0)) / (init["noise_scale"] * old.std(axis=0))
+        codes, specials = z[:C], z[C:]
+        assert np.all(np.abs(specials) < 6) and np.all(specials.std(axis=0) > 0)
+        if init["rule"] == "mean":
+            assert np.all(np.abs(codes) < 6) and np.all(codes.std(axis=0) > 0)  # the noise tells the codes apart
+            continue
+        np.testing.assert_allclose(codes.mean(axis=0), 0.0, atol=1e-3)
+        np.testing.assert_allclose(codes.std(axis=0), 1.0, atol=1e-3)
+        design = np.concatenate([codebook, np.ones((C, 1))], axis=1)  # [C, E + 1], E + 1 < C
+        assert design.shape[1] < C
+        fit = design @ np.linalg.lstsq(design, codes, rcond=None)[0]
+        np.testing.assert_allclose(fit, codes, atol=1e-3)
+
+
+@pytest.mark.parametrize("rule,noise_scale", [("mean", 0.01), ("codebook", 1.0)])
+def test_code_embedding_init_reaches_the_new_rows(job, tmp_path, compile_fast, rule, noise_scale):
+    """``code_embedding_init`` of the stage-1 config decides the image-code rows stage 1 starts from."""
+    config = ml_collections.ConfigDict(checkpointing.read_workdir_config(str(job / "stage1")))
+    config.code_embedding_init = ml_collections.ConfigDict(dict(rule=rule, noise_scale=noise_scale))
+    stage = multimodal.Stage1(config)
+    stage.setup(str(tmp_path))
+    state = stage.restore_pretrained(jax.jit(lambda r: nn.unbox(stage.init_state(r)))(jax.random.key(0)))
+    text = jax.tree.map(np.asarray, checkpointing.load_subtree(str(job / "text_pretrain"), "params"))
+    _assert_new_rows(state, text, stage.layout, config.code_embedding_init, _codebook(job))
+    if rule == "mean":  # the other rule's check must fail on these rows (the test can tell them apart)
+        with pytest.raises(AssertionError):
+            _assert_new_rows(state, text, stage.layout, dict(rule="codebook", noise_scale=noise_scale), _codebook(job))
 
 
 def _adam_bound(config: ml_collections.ConfigDict, steps: int) -> float:
