@@ -171,8 +171,10 @@ class Stage1(lm.LMStage):
         else:
             return state
         init = cfg.get("code_embedding_init", {"rule": "mean", "noise_scale": 0.01})
-        vq_params = self._vq_params if self._vq_params is not None else state.frozen["vqgan"]
-        codebook = np.asarray(vq_params["quantizer"]["codebook"]) if init["rule"] == "codebook" else None
+        codebook = None
+        if init["rule"] == "codebook":  # the tokenizer checkpoint's codebook (tests: the random frozen one)
+            vq_params = self._vq_params if self._vq_params is not None else state.frozen["vqgan"]
+            codebook = np.asarray(vq_params["quantizer"]["codebook"])
         params, _ = extend_embeddings(params, self.layout, text_rows, jax.random.key(cfg.seed), init["rule"],
                                       noise_scale=float(init["noise_scale"]), codebook=codebook)
         expected = jax.tree.map(lambda x: x.shape, state.params)
