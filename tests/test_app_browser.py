@@ -23,6 +23,7 @@ import mavilt_jax  # noqa: E402
 from mavilt_jax import app  # noqa: E402
 
 TIMEOUT_MS = 600_000  # the first call compiles the sampler; the CI machine is small
+UPLOAD_TRIES, UPLOAD_WAIT_MS = 4, 60_000
 
 
 def _free_port() -> int:
@@ -45,6 +46,33 @@ def served(request, tmp_path_factory):
         page.close()
 
 
+def _open(page, url: str) -> None:
+    """Load the app and wait until gradio has rendered its buttons."""
+    page.goto(url)
+    page.wait_for_selector("#report_button")
+
+
+def _upload(page, path, console: list[str]) -> None:
+    """Choose `path` in the upload box and wait until the box shows its name.
+
+    On a loaded 2-core machine gradio can re-render the box after the first paint, and a file set on
+    the replaced <input> is lost (CI once waited 10 min for it). A user would choose the file again,
+    so this does too, a bounded number of times; each try waits for the name to appear.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(UPLOAD_TRIES):
+        page.set_input_files("#upload input[type=file]", str(path))
+        try:
+            page.wait_for_selector(f"#upload >> text={path.name}", timeout=UPLOAD_WAIT_MS)
+            return
+        except PlaywrightTimeout:
+            if attempt == UPLOAD_TRIES - 1:
+                shown = page.inner_text("#upload")
+                raise AssertionError(f"{path.name} never showed in the upload box after {UPLOAD_TRIES} tries; "
+                                     f"it shows {shown!r}; browser console: {console}") from None
+
+
 def test_app_in_a_browser(served, tmp_path):
     from test_image_io import write_dicom
 
@@ -59,10 +87,10 @@ def test_app_in_a_browser(served, tmp_path):
     with launch_chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
         page.set_default_timeout(TIMEOUT_MS)
-        page.goto(url)
-        page.wait_for_selector("#report_button")
-        page.set_input_files("#upload input[type=file]", str(tmp_path / "film.dcm"))
-        page.wait_for_selector("#upload >> text=film.dcm")
+        console: list[str] = []  # the page's console messages, shown if an upload never arrives
+        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+        _open(page, url)
+        _upload(page, tmp_path / "film.dcm", console)
         page.click("#report_button")
         page.wait_for_function("document.querySelector('#report_out textarea').value.length > 0", timeout=TIMEOUT_MS)
         assert page.input_value("#report_out textarea") == expected_report
@@ -81,9 +109,7 @@ def test_app_in_a_browser(served, tmp_path):
         page.wait_for_selector("#gallery img", timeout=TIMEOUT_MS)
 
         # a file that is not an image (on a fresh page): the message shows in the page
-        page.goto(url)
-        page.wait_for_selector("#report_button")
-        page.set_input_files("#upload input[type=file]", str(tmp_path / "notes.png"))
-        page.wait_for_selector("#upload >> text=notes.png")
+        _open(page, url)
+        _upload(page, tmp_path / "notes.png", console)
         page.click("#report_button")
         page.wait_for_selector("text=not a readable PNG, JPEG or DICOM image", timeout=TIMEOUT_MS)
