@@ -27,6 +27,8 @@ def config(*, runlocal: bool = False, model: str | None = None, stage1: str = ""
     config.stage = "stage2"
     config.init_from = stage1
     config.model.pretrained = ""
+    # (Stage 1's rate, 3x this, was tried on the main job: every figure within its CI of this one's,
+    # the reading gain's curve the same; see the README's stage-2 table.)
     config.optimizer.learning_rate = config.optimizer.learning_rate / 3
     config.total_steps = config.total_steps // 2 if steps is None else steps
     # Eq. 8-10's task mix: VQA has six question types to learn from one example each, so it gets

@@ -46,31 +46,29 @@ def served(request, tmp_path_factory):
         page.close()
 
 
-def _open(page, url: str) -> None:
-    """Load the app and wait until gradio has rendered its buttons."""
-    page.goto(url)
-    page.wait_for_selector("#report_button")
+def _open_and_upload(page, url: str, path, console: list[str]) -> None:
+    """Load the app, choose `path` in the upload box and wait until the box shows its name.
 
-
-def _upload(page, path, console: list[str]) -> None:
-    """Choose `path` in the upload box and wait until the box shows its name.
-
-    On a loaded 2-core machine gradio can re-render the box after the first paint, and a file set on
-    the replaced <input> is lost (CI once waited 10 min for it). A user would choose the file again,
-    so this does too, a bounded number of times; each try waits for the name to appear.
+    Under load (the full suite, two workers on two cores) the box has come up without its file
+    <input> (set_input_files waited 10 min for it), or has lost a file set on it (CI waited 10 min
+    for the name). A user would reload the page and choose the file again, so this does too, a
+    bounded number of times, each try with a short wait; the last failure says what the box held.
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     for attempt in range(UPLOAD_TRIES):
-        page.set_input_files("#upload input[type=file]", str(path))
         try:
+            page.goto(url)
+            page.wait_for_selector("#report_button")
+            box = page.wait_for_selector("#upload input[type=file]", state="attached", timeout=UPLOAD_WAIT_MS)
+            box.set_input_files(str(path))
             page.wait_for_selector(f"#upload >> text={path.name}", timeout=UPLOAD_WAIT_MS)
             return
         except PlaywrightTimeout:
             if attempt == UPLOAD_TRIES - 1:
-                shown = page.inner_text("#upload")
+                held = page.inner_html("#upload")[:2000] if page.query_selector("#upload") else "(no #upload)"
                 raise AssertionError(f"{path.name} never showed in the upload box after {UPLOAD_TRIES} tries; "
-                                     f"it shows {shown!r}; browser console: {console}") from None
+                                     f"the box holds {held!r}; browser console: {console[-20:]}") from None
 
 
 def test_app_in_a_browser(served, tmp_path):
@@ -89,8 +87,7 @@ def test_app_in_a_browser(served, tmp_path):
         page.set_default_timeout(TIMEOUT_MS)
         console: list[str] = []  # the page's console messages, shown if an upload never arrives
         page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-        _open(page, url)
-        _upload(page, tmp_path / "film.dcm", console)
+        _open_and_upload(page, url, tmp_path / "film.dcm", console)
         page.click("#report_button")
         page.wait_for_function("document.querySelector('#report_out textarea').value.length > 0", timeout=TIMEOUT_MS)
         assert page.input_value("#report_out textarea") == expected_report
@@ -109,7 +106,6 @@ def test_app_in_a_browser(served, tmp_path):
         page.wait_for_selector("#gallery img", timeout=TIMEOUT_MS)
 
         # a file that is not an image (on a fresh page): the message shows in the page
-        _open(page, url)
-        _upload(page, tmp_path / "notes.png", console)
+        _open_and_upload(page, url, tmp_path / "notes.png", console)
         page.click("#report_button")
         page.wait_for_selector("text=not a readable PNG, JPEG or DICOM image", timeout=TIMEOUT_MS)
