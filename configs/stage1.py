@@ -46,7 +46,8 @@ def config(*, runlocal: bool = False, model: str | None = None, text: str = "", 
     config.data = common.data_config("synthetic_cxr", "r64" if res <= 64 else "r128")
     config.sequence = ml_collections.ConfigDict(dict(
         max_len=384, cond_drop_prob=0.1, report_section="both", use_chat_template=True,
-        fixed_instructions=False))  # True: one wording per task (Table IV ablation)
+        fixed_instructions=False,  # True: one wording per task (Table IV ablation)
+        vqa_turns=1))  # stage 2: questions of one study per VQA sequence
     config.loss = ml_collections.ConfigDict(dict(
         lambda_reg=1e-4, lambda_recon=0.1, lambda_grad=1.0, lambda_feat=0.1 if phi else 0.0,
         task_normalization="tokens"))  # or "sequences" (see mavilt_jax/stages/lm.py)

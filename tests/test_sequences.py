@@ -322,3 +322,63 @@ def test_fixed_instructions_use_one_wording_per_task(bpe):
                           for _ in range(40)}
         assert len(adaptive_drawn) > 1  # the paraphrases of the full method
     assert T.fixed_template("vqa") == T.templates("vqa", "train", None)[0]
+
+
+def test_hand_built_vqa_conversation_plain_layout(words):
+    """Two questions about one image: the first worded by the template (as `instruction` words it),
+    the follow-up bare after the first answer's <eos>; both answers and their <eos> scored."""
+    builder = S.SequenceBuilder(words, S.SequenceConfig(max_len=24))
+    pairs = [{"question": "effusion .", "answer": "no"}, {"question": "cardiomegaly .", "answer": "mild"}]
+    out = builder.vqa_conversation(T.Template("vqa", "Describe {question}"), pairs, CODES)
+    # s = <boi> codes <eoi> Instruction : Describe effusion . Response : no <eos>
+    #     Instruction : cardiomegaly . Response : mild <eos>
+    s = [BOI, 14, 11, 13, 12, EOI, 6, 7, 8, 2, 5, 9, 7, 1, 0, 6, 7, 4, 5, 9, 7, 3, 0]
+    np.testing.assert_array_equal(out["tokens"], s[:-1] + [PAD, PAD])
+    np.testing.assert_array_equal(out["targets"], s[1:] + [PAD, PAD])
+    np.testing.assert_array_equal(out["loss_mask"], [0] * 12 + [1, 1] + [0] * 6 + [1, 1, 0, 0])
+    # No room for the follow-up: the one-turn sequence of `instruction`, unchanged.
+    short = S.SequenceBuilder(words, S.SequenceConfig(max_len=16))
+    one = short.vqa_conversation(T.Template("vqa", "Describe {question}"), pairs, CODES)
+    ref = short.instruction("vqa", T.Template("vqa", "Describe {question}"), codes=CODES, response="no",
+                            question="effusion .")
+    assert one.keys() == ref.keys() and all(np.array_equal(one[k], ref[k]) for k in ref)
+
+
+def test_vqa_conversation_chat_layout_is_the_templates(chat):
+    """With a chat template the conversation is the template's rendering of the user / assistant
+    turns (ChatML written out by hand here), the image in the first user turn."""
+    builder = S.SequenceBuilder(chat, S.SequenceConfig(max_len=256))
+    pairs = [{"question": "Is there a pleural effusion?", "answer": "no"},
+             {"question": "Is the heart enlarged?", "answer": "yes"},
+             {"question": "Which side?", "answer": "left"}]
+    out = builder.vqa_conversation(T.Template("vqa", "Answer: {question}"), pairs, np.array([15, 0, 7, 7]))
+    text = chat.decode_text(_sequence(out), skip_special_tokens=False)
+    assert text == ("<|im_start|>user\n\nAnswer: Is there a pleural effusion?<|im_end|>\n<|im_start|>assistant\n"
+                    "no<|im_end|>\n<|im_start|>user\nIs the heart enlarged?<|im_end|>\n<|im_start|>assistant\n"
+                    "yes<|im_end|>\n<|im_start|>user\nWhich side?<|im_end|>\n<|im_start|>assistant\nleft<|im_end|>")
+    scored = _scored(out)
+    eos = chat.layout.eos_id
+    answers = [chat.decode_text(part) for part in np.split(scored, np.flatnonzero(scored == eos) + 1)[:-1]]
+    assert answers == ["no", "yes", "left"]  # decode_text drops the <|im_end|> each one ends with
+    assert (scored == eos).sum() == 3 and scored[-1] == eos
+
+
+def test_stage2_vqa_examples_ask_up_to_vqa_turns_distinct_questions(bpe):
+    pairs = [{"question": f"Is there finding {i}?", "answer": "yes" if i % 2 else "no", "answer_type": "closed",
+              "question_type": "presence"} for i in range(5)]
+    example = {"findings": REPORTS[0], "impression": "Normal.", "vqa": pairs}
+    asked = {p["question"]: p["answer"] for p in pairs}
+    for turns in (1, 3):
+        builder = S.SequenceBuilder(bpe, S.SequenceConfig(max_len=256, vqa_turns=turns))
+        for seed in range(5):
+            out = builder.stage2_example(example, CODES, np.random.default_rng(seed), task="vqa")
+            text = bpe.decode_text(_sequence(out))
+            questions = [q for q in asked if q in text]
+            assert len(questions) == turns
+            scored = _scored(out)
+            assert (scored == bpe.layout.eos_id).sum() == turns
+            answers = [bpe.decode_text(p) for p in np.split(scored, np.flatnonzero(scored == bpe.layout.eos_id) + 1)[:-1]]
+            # each answer follows its own question: the order of the questions in the text
+            assert answers == [asked[q] for q in sorted(questions, key=text.index)]
+    with pytest.raises(ValueError, match="vqa_turns"):
+        S.SequenceConfig(max_len=256, vqa_turns=0)

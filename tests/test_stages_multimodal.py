@@ -228,6 +228,28 @@ def test_stage2_config_task_mix_reaches_the_builder(text_dir, tmp_path):
     assert abs(share - 1 / 3) < 0.05, share
 
 
+def test_stage2_config_vqa_turns_reaches_the_builder(text_dir, tmp_path):
+    """``sequence.vqa_turns`` of the stage-2 config is what the stage's VQA examples ask: over
+    studies with 3+ questions, between 2 and vqa_turns answers each (2 always fit in 384 tokens)."""
+    config = stage2_config.config(runlocal=True, model="tiny", res=32, text_checkpoint=str(text_dir),
+                                  **{"sequence.vqa_turns": 3, "sequence.max_len": 384})
+    config.vqgan.model.update(channel_multipliers=(1, 2, 2, 4), base_channels=8, embedding_dim=8, codebook_size=32,
+                              norm_groups=4)
+    config.vqgan.allow_random = True
+    stage = multimodal.Stage2(config)
+    stage.setup(str(tmp_path))
+    assert stage.builder.config.vqa_turns == 3
+    codes = np.zeros((stage.layout.codes_per_image,), np.int32)
+    rng, counts = np.random.default_rng(0), []
+    for i in range(40):
+        study = phantoms.generate_study(0, i, resolution=32)
+        if len(study["vqa"]) < 3:
+            continue
+        out = stage.builder.stage2_example(study, codes, rng, task="vqa")
+        counts.append(int(np.sum((out["targets"] == stage.layout.eos_id) & (out["loss_mask"] > 0))))
+    assert counts and min(counts) >= 2 and max(counts) == 3, counts
+
+
 def test_stage2_validation_spreads_the_tasks_over_studies_and_repeats_them(text_dir, tmp_path):
     """Validation draws each study's task from its own study id: over 120 studies every task
     appears, VQA about as often as in training (binomial sd <= 0.046), and a second pass gives the

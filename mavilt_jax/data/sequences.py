@@ -23,6 +23,10 @@ chat template (SmolLM2, Llama-3-Instruct) the instruction is the user turn:
   <chat prompt: [<boi> codes <eoi> "\\n"] instruction> | response <eos>
   <chat prompt: instruction with the report>  <boi> | codes <eoi>          (report -> image)
 without one, the plain layout "[<boi> codes <eoi> "\\n"]Instruction: ...\\nResponse:\\n".
+A VQA example holds up to ``vqa_turns`` of the study's questions, one user/assistant turn each
+(the image and the template's wording in the first, bare questions after), every answer and its
+``<eos>`` scored; the plain layout puts "Instruction: ...\\nResponse:\\n" after each ``<eos>``.
+Inference asks one question at a time: the one-turn layout, which a conversation's first turn is.
 
 Long texts are cut at the end (the image span is never cut); a cut response loses its ``<eos>``,
 so the model is never taught to stop mid-sentence. Prompts for the sampler are the same layouts
@@ -44,6 +48,7 @@ from mavilt_jax.data.vocab import ExtendedVocab
 
 _IMAGE = "\ue000"  # sentinels (private-use code points) marking where the image / report go
 _REPORT = "\ue001"
+_ANSWER = "\ue002"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +65,8 @@ class SequenceConfig:
     fixed_instructions: one fixed wording per task in training AND inference
       (`templates.fixed_template`) instead of the task-adaptive paraphrases (the ablation of
       Table IV, "no task-adaptive instructions").
+    vqa_turns: the most questions of one study in a stage-2 VQA sequence (drawn without
+      replacement; turns that do not fit ``max_len`` are left out). 1: one question per sequence.
     """
 
     max_len: int
@@ -70,8 +77,11 @@ class SequenceConfig:
     use_chat_template: bool = True
     system_prompt: str | None = None
     fixed_instructions: bool = False
+    vqa_turns: int = 1
 
     def __post_init__(self):
+        if self.vqa_turns < 1:
+            raise ValueError(f"vqa_turns={self.vqa_turns}; expected >= 1")
         if isinstance(self.task_weights, Mapping):  # a ConfigDict / dict of task -> weight
             object.__setattr__(self, "task_weights", tuple((str(k), float(v)) for k, v in self.task_weights.items()))
 
@@ -267,6 +277,44 @@ class SequenceBuilder:
         answer = _Chunk(self.vocab.encode_text(response or "") + [self.layout.eos_id], scored=True, truncatable=True)
         return self._arrays(chunks + [answer])
 
+    def _conversation_chunks(self, questions: Sequence[str], answers: Sequence[str], codes: np.ndarray) -> list[_Chunk]:
+        """Chunks of a VQA conversation about one image: the first turn exactly as `instruction`'s,
+        then, after each answer and its ``<eos>``, the next question's turn."""
+        chunks = self._instruction_chunks(questions[0], codes=codes)
+        if self._chat:
+            system = self.config.system_prompt
+            messages = [] if system is None else [{"role": "system", "content": system}]
+            for i, question in enumerate(questions):
+                if i:
+                    messages.append({"role": "assistant", "content": _ANSWER})
+                messages.append({"role": "user", "content": (_IMAGE + "\n" if i == 0 else "") + question})
+            # The text between two answers, as the template writes it (its end-of-turn mark is the
+            # <eos> the answer chunk already ends with).
+            between = self.vocab.render_chat(messages, add_generation_prompt=True).split(_ANSWER)[1:]
+            between = [b.removeprefix(self.vocab.eos_token or "") for b in between]
+        else:
+            between = [f"Instruction: {q}\nResponse:\n" for q in questions[1:]]
+        for answer, text in zip(answers, [*between, None]):
+            chunks.append(_Chunk(self.vocab.encode_text(answer) + [self.layout.eos_id], scored=True))
+            if text is not None:
+                chunks.append(_Chunk(self.vocab.encode_text(text)))
+        return chunks
+
+    def vqa_conversation(self, template: templates_lib.Template, pairs: Sequence[Mapping[str, str]],
+                         codes: np.ndarray) -> dict[str, np.ndarray]:
+        """One sequence [L] asking several questions (``pairs``) about the image ``codes``, scored on
+        every answer and its ``<eos>``. The first question is worded by ``template``, exactly as
+        `instruction` words it; the follow-ups are the bare questions, as in a conversation (a
+        template's wording costs ~30 tokens, and the sequence has room for few). Turns that would
+        pass ``max_len`` are left out; the first is always kept (its answer cut if need be)."""
+        questions = [template.render(question=pairs[0]["question"])] + [p["question"] for p in pairs[1:]]
+        answers = [p["answer"] for p in pairs]
+        for k in range(len(pairs), 1, -1):
+            chunks = self._conversation_chunks(questions[:k], answers[:k], codes)
+            if sum(len(c.ids) for c in chunks) <= self.config.max_len + 1:
+                return self._arrays(chunks)
+        return self.instruction("vqa", template, codes=codes, response=answers[0], question=pairs[0]["question"])
+
     def stage2_example(
         self, example: Mapping[str, Any], codes: np.ndarray, rng: np.random.Generator, *, split: str = "train",
         task: str | None = None,
@@ -285,7 +333,11 @@ class SequenceBuilder:
             task = names[int(rng.choice(len(names), p=weights / weights.sum()))]
         elif not available.get(task, False):
             raise ValueError(f"the study has no data for task {task!r}")
-        if task == "vqa":
+        if task == "vqa" and self.config.vqa_turns > 1:
+            chosen = [pairs[i] for i in rng.permutation(len(pairs))[:self.config.vqa_turns]]
+            template = self._template("vqa", rng, split, chosen[0].get("question_type"))
+            out = self.vqa_conversation(template, chosen, codes)
+        elif task == "vqa":
             pair = pairs[int(rng.integers(len(pairs)))]
             template = self._template("vqa", rng, split, pair.get("question_type"))
             out = self.instruction("vqa", template, codes=codes, response=pair["answer"], question=pair["question"])

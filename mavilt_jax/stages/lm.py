@@ -123,7 +123,8 @@ class LMStage(Stage):
             max_len=seq.max_len, cond_drop_prob=seq.get("cond_drop_prob", 0.1),
             report_section=seq.get("report_section", "both"),
             use_chat_template=seq.get("use_chat_template", True),
-            fixed_instructions=seq.get("fixed_instructions", False), **extra))
+            fixed_instructions=seq.get("fixed_instructions", False),
+            vqa_turns=seq.get("vqa_turns", 1), **extra))
         self.llm_config = llm_config(self.config.model, vocab.size)
         self.model = llm.Decoder(self.llm_config)
         self.tx = optimizers.make_optimizer(self.config.optimizer, total_steps=self.config.total_steps)

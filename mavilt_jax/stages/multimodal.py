@@ -170,7 +170,7 @@ class Stage1(lm.LMStage):
             logging.info("Stage 1 starts from the pretrained LLM %s.", cfg.model.pretrained)
         else:
             return state
-        init = cfg.get("code_embedding_init", {"rule": "mean", "noise_scale": 0.01})
+        init = cfg.code_embedding_init
         codebook = None
         if init["rule"] == "codebook":  # the tokenizer checkpoint's codebook (tests: the random frozen one)
             vq_params = self._vq_params if self._vq_params is not None else state.frozen["vqgan"]
