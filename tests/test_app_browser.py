@@ -25,10 +25,6 @@ from mavilt_jax import app  # noqa: E402
 TIMEOUT_MS = 600_000  # the first call compiles the sampler; the CI machine is small
 UPLOAD_TRIES, UPLOAD_WAIT_MS = 4, 60_000
 
-# Every test here uses the shared tiny main job: one xdist worker runs them all (setup.cfg:
-# --dist loadgroup), so the other worker goes on with the rest while it is built.
-pytestmark = pytest.mark.xdist_group("tiny_main_job")
-
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -26,10 +26,6 @@ from mavilt_jax import export, generate, image_io, inference
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# Every test here uses the shared tiny main job: one xdist worker runs them all (setup.cfg:
-# --dist loadgroup), so the other worker goes on with the rest while it is built.
-pytestmark = pytest.mark.xdist_group("tiny_main_job")
-
 
 @pytest.fixture(scope="module")
 def workdir(request) -> pathlib.Path:

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from PIL import Image
 
 STEPS = ("cxr_encoder", "judge", "vqgan", "text_pretrain", "stage1", "stage2", "evaluation")
-
-# Both tests read the shared tiny main job: one xdist worker runs them all (setup.cfg:
-# --dist loadgroup), so the other worker goes on with the rest while it is built.
-pytestmark = pytest.mark.xdist_group("tiny_main_job")
 
 
 def test_main_job_trains_then_evaluates_with_controls_and_ceilings(tiny_main_job):

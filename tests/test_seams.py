@@ -32,10 +32,6 @@ from mavilt_jax.stages import lm, multimodal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Every test here uses the shared tiny main job: one xdist worker runs them all (setup.cfg:
-# --dist loadgroup), so the other worker goes on with the rest while it is built.
-pytestmark = pytest.mark.xdist_group("tiny_main_job")
-
 
 def _tree_arrays(tree) -> dict[str, np.ndarray]:
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
