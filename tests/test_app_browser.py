@@ -22,6 +22,8 @@ from browser import launch_chromium  # noqa: E402
 import mavilt_jax  # noqa: E402
 from mavilt_jax import app  # noqa: E402
 
+pytestmark = pytest.mark.tiny_main_job  # serves the tiny main job's model (unless MAVILT_TEST_WORKDIR is set)
+
 TIMEOUT_MS = 600_000  # the first call compiles the sampler; the CI machine is small
 UPLOAD_TRIES, UPLOAD_WAIT_MS = 4, 60_000
 

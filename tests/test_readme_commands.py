@@ -295,8 +295,18 @@ def _study(inputs: dict[str, str], folder: pathlib.Path) -> pathlib.Path:
     return folder
 
 
+def _needs_job(command: str) -> bool:
+    """Whether the command's smoke reads the tiny main job (marked, so that it runs after the job)."""
+    smokes = SMOKE.get(signature(command))
+    smokes = (smokes,) if isinstance(smokes, Smoke) else smokes or ()
+    smoke = next((s for s in smokes if re.search(s.when, command)), None)
+    return smoke is not None and not smoke.skip and bool(
+        smoke.job or smoke.bundle or smoke.fixture or any("{job}" in v for _, v in smoke.replace))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("command", COMMANDS, ids=[signature(c) for c in COMMANDS])
+@pytest.mark.parametrize("command", [pytest.param(c, marks=[pytest.mark.tiny_main_job] if _needs_job(c) else [])
+                                     for c in COMMANDS], ids=[signature(c) for c in COMMANDS])
 def test_readme_command_runs(command, request, inputs, tmp_path):
     smokes = SMOKE.get(signature(command))
     smokes = (smokes,) if isinstance(smokes, Smoke) else smokes or ()
