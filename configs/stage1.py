@@ -47,10 +47,11 @@ def config(*, runlocal: bool = False, model: str | None = None, text: str = "", 
     config.sequence = ml_collections.ConfigDict(dict(
         max_len=384, cond_drop_prob=0.1, report_section="both", use_chat_template=True,
         fixed_instructions=False,  # True: one wording per task (Table IV ablation)
-        vqa_turns=1))  # stage 2: questions of one study per VQA sequence
+        vqa_turns=1,  # stage 2: questions of one study per VQA sequence
+        report_followups=False))  # stage 2: report sequences go on with the study's questions
     config.loss = ml_collections.ConfigDict(dict(
         lambda_reg=1e-4, lambda_recon=0.1, lambda_grad=1.0, lambda_feat=0.1 if phi else 0.0,
-        task_normalization="tokens"))  # or "sequences" (see mavilt_jax/stages/lm.py)
+        task_normalization="tokens"))  # or "sequences", "segments" (see mavilt_jax/stages/lm.py)
     # The LLM rows of the image codes (`mavilt_jax.models.embeddings.extend_embeddings`). "codebook"
     # (noise_scale 1.0) was measured on the main job: stage-1 image CE 2.42 -> 2.05 at step 400,
     # judge 0.676 -> 0.701, but CE F1 0.415 -> 0.359 and VQA AUROC 0.669 -> 0.654 (within CIs): not adopted.

@@ -46,15 +46,21 @@ def _want_distributed() -> bool:
 
 
 def _log_to_file(workdir: str) -> None:
-    """Library logs (orbax, TFDS, JAX INFO) go to ``WORKDIR/main.INFO``; the terminal shows the
-    run's progress lines (`mavilt_jax.progress`) and errors. ``--alsologtostderr`` shows the logs too."""
+    """Library logs (orbax, TFDS, JAX; every level) go to ``WORKDIR/main.INFO``; the terminal shows
+    the run's progress lines (`mavilt_jax.progress`) and the errors the run reports itself, one line
+    each. ``--alsologtostderr`` (or ``--stderrthreshold``) shows the logs too."""
     os.makedirs(workdir, exist_ok=True)
     logging.get_absl_handler().use_absl_log_file("main", workdir)
     import logging as std_logging
 
     std_logging.captureWarnings(True)  # library warnings (orbax, TFDS) to the log file as well
+    # A log file that cannot be written (full disk, file-size limit) must not bury the run's own
+    # error under "--- Logging error ---" tracebacks.
+    std_logging.raiseExceptions = False
     if not flags.FLAGS["stderrthreshold"].present:
-        flags.FLAGS.stderrthreshold = "error"
+        # Not even ERROR: a failed checkpoint write makes orbax log a traceback from each of its
+        # writer threads, some after the run's own one-line error (`CheckpointSaveError`).
+        flags.FLAGS.stderrthreshold = "fatal"
     import tensorflow_datasets as tfds  # its dataset-build progress bars would fill the terminal
 
     tfds.disable_progress_bar()
@@ -77,6 +83,7 @@ def main(argv: list[str]) -> None:
     logging.info("Process %d of %d.", jax.process_index(), jax.process_count())
 
     from mavilt_jax import checkpointing, locks, train  # after distributed initialisation: it creates devices lazily
+    from mavilt_jax.stages.base import StageDataError
 
     try:
         if "pipeline" in _CONFIG.value:  # several stages in sequence (configs/demo.py)
@@ -85,7 +92,7 @@ def main(argv: list[str]) -> None:
         else:
             result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
             logging.info("Finished at step %d: %s", result["step"], result["train"])
-    except locks.WorkdirBusyError as e:  # a user error: one line, status 2
+    except (locks.WorkdirBusyError, StageDataError) as e:  # a user error: one line, status 2
         cli.usage_exit(str(e))
     except checkpointing.CheckpointSaveError as e:  # the run stops; the message names the folder
         print(f"error: {e}", file=sys.stderr)

@@ -47,6 +47,24 @@ def get_config(arg=None):
 """
 
 
+class UnfedStage(ToyStage):
+    """A stage whose training data cannot feed it (as stage 2 with a task mix no study supports)."""
+
+    def check_train_source(self, source):
+        from mavilt_jax.stages.base import StageDataError
+
+        raise StageDataError(f"none of the first {len(source)} training studies suits this stage")
+
+
+UNFED_CONFIG = """
+from test_train_loop import toy_config
+def get_config(arg=None):
+    c = toy_config(total_steps=4, eval_every_steps=0)
+    c.stage = "test_reliability_faults:UnfedStage"
+    return c
+"""
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}:{ROOT}", JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
@@ -154,3 +172,17 @@ def jax_leaves(tree):
     import jax
 
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_data_that_cannot_feed_the_stage_is_a_one_line_user_error(tmp_path):
+    """The loop asks the stage to check its training source before anything is trained; the
+    stage's `StageDataError` leaves main with status 2 and one line, and no checkpoint."""
+    config_file = tmp_path / "unfed.py"
+    config_file.write_text(UNFED_CONFIG)
+    workdir = tmp_path / "w"
+    proc = subprocess.run([sys.executable, "-m", "mavilt_jax.main", f"--workdir={workdir}", f"--config={config_file}"],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
+    assert "training studies suits this stage" in proc.stderr
+    assert not (workdir / "checkpoints").exists() or not any((workdir / "checkpoints").iterdir())

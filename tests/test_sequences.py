@@ -223,6 +223,21 @@ def test_stage2_task_sampling_respects_weights_and_availability(bpe):
                                             "answer_type": "closed", "question_type": "normality"}]
 
 
+def test_study_without_data_for_any_configured_task(bpe):
+    """A VQA-only mix and a study without questions: no task to draw (a typed error the stage
+    skips), and the padding row it gets in evaluation scores nothing."""
+    builder = S.SequenceBuilder(bpe, S.SequenceConfig(max_len=64, task_weights=(("vqa", 1.0), ("report", 0.0))))
+    no_questions = {"findings": np.array(REPORTS[0].encode(), object), "impression": np.array(b"", object)}
+    with_questions = {**no_questions, "vqa": {"question": np.array([b"Is there cardiomegaly?"], object),
+                                              "answer": np.array([b"no"], object)}}
+    assert not builder.supports_configured_task(no_questions) and builder.supports_configured_task(with_questions)
+    with pytest.raises(S.NoTaskForStudy, match=r"none of the configured tasks \['vqa'\]"):
+        builder.stage2_example(no_questions, CODES, np.random.default_rng(0))
+    pad = builder.unscored()
+    assert pad["loss_mask"].shape == (64,) and pad["loss_mask"].sum() == 0
+    assert (pad["tokens"] == bpe.layout.pad_id).all() and pad["tokens"].dtype == np.int32
+
+
 def test_bos_and_text_example(bpe):
     tok = tokenizers.Tokenizer.from_str(bpe.tokenizer.to_str())
     tok.add_special_tokens(["<s>"])
@@ -342,6 +357,36 @@ def test_hand_built_vqa_conversation_plain_layout(words):
     ref = short.instruction("vqa", T.Template("vqa", "Describe {question}"), codes=CODES, response="no",
                             question="effusion .")
     assert one.keys() == ref.keys() and all(np.array_equal(one[k], ref[k]) for k in ref)
+
+
+def test_hand_built_report_with_followup_questions_plain_layout(words):
+    """``report_followups``: a findings sequence goes on after the findings' <eos> with the study's
+    question, bare, as a VQA conversation does; the findings, the answer and their <eos> scored.
+    Not in evaluation, not when switched off, and not when the follow-up does not fit."""
+    def builder(max_len=32, **kw):
+        b = S.SequenceBuilder(words, S.SequenceConfig(max_len=max_len, vqa_turns=2, **kw))
+        b._template = lambda task, rng, split, question_type=None: T.Template(task, "Describe .")
+        return b
+
+    example = {"findings": "no effusion .", "impression": "",
+               "vqa": [{"question": "cardiomegaly .", "answer": "mild", "answer_type": "open",
+                        "question_type": "severity"}]}
+    out = builder(report_followups=True).stage2_example(example, CODES, np.random.default_rng(0), task="findings")
+    # s = <boi> codes <eoi> Instruction : Describe . Response : no effusion . <eos>
+    #     Instruction : cardiomegaly . Response : mild <eos>
+    s = [BOI, 14, 11, 13, 12, EOI, 6, 7, 8, 5, 9, 7, 1, 2, 5, 0, 6, 7, 4, 5, 9, 7, 3, 0]
+    np.testing.assert_array_equal(out["tokens"], s[:-1] + [PAD] * 9)
+    np.testing.assert_array_equal(out["targets"], s[1:] + [PAD] * 9)
+    np.testing.assert_array_equal(out["loss_mask"], [0] * 11 + [1] * 4 + [0] * 6 + [1] * 2 + [0] * 9)
+    assert int(out["task_id"]) == T.TASKS.index("findings")
+    one_turn = builder().instruction("findings", T.Template("findings", "Describe ."), codes=CODES,
+                                     response="no effusion .")
+    for b, split in ((builder(), "train"), (builder(report_followups=True), "eval"),
+                     (builder(max_len=20, report_followups=True), "train")):
+        got = b.stage2_example(example, CODES, np.random.default_rng(0), task="findings", split=split)
+        ref = one_turn if b.config.max_len == 32 else b.instruction(
+            "findings", T.Template("findings", "Describe ."), codes=CODES, response="no effusion .")
+        assert all(np.array_equal(got[k], ref[k]) for k in ref), (b.config, split)
 
 
 def test_vqa_conversation_chat_layout_is_the_templates(chat):

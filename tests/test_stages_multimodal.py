@@ -37,9 +37,13 @@ def text_dir(tmp_path_factory):
     return d
 
 
-def make_stage(text_dir, tmp_path, *, recon=0.0, reg=0.0, cls=multimodal.Stage1, res=32, normalization="tokens"):
+def make_stage(text_dir, tmp_path, *, recon=0.0, reg=0.0, cls=multimodal.Stage1, res=32, normalization="tokens",
+               vqa_turns=1, task_weights=None):
     config = stage1_config.get_config(f"runlocal,model=tiny,text={text_dir},recon={recon},reg={reg},res={res}")
     config.loss.task_normalization = normalization
+    config.sequence.vqa_turns = vqa_turns
+    if task_weights is not None:
+        config.sequence.task_weights = task_weights
     config.vqgan.model.update(channel_multipliers=(1, 2, 2, 4), base_channels=8, embedding_dim=8, codebook_size=32,
                               norm_groups=4)  # 32 px / 8 -> 4 x 4 = 16 codes
     config.vqgan.allow_random = True  # no VQ-GAN training in these tests
@@ -109,11 +113,23 @@ def test_sequence_mean_by_hand():
     assert float(got) == pytest.approx(want, rel=1e-6)
 
 
-@pytest.mark.parametrize("normalization", ["tokens", "sequences"])
+def test_segment_mean_by_hand():
+    # Row 0 scores two separate tokens (two answers), row 1 one run of two tokens, row 2 a run of
+    # three at its end, row 3 nothing: each run weighs the same, whatever its row and length.
+    ce = jnp.array([[1.0, 7.0, 2.0, 9.0], [3.0, 5.0, 9.0, 9.0], [9.0, 6.0, 6.0, 9.0], [9.0, 9.0, 9.0, 9.0]])
+    mask = jnp.array([[1.0, 0, 1, 0], [1, 1, 0, 0], [0, 1, 1, 1], [0, 0, 0, 0]])
+    want = (1.0 + 2.0 + (3.0 + 5.0) / 2 + (6.0 + 6.0 + 9.0) / 3) / 4
+    assert float(lm.segment_mean(ce, mask)) == pytest.approx(want, rel=1e-6)
+    assert float(jax.jit(lm.segment_mean)(ce, mask)) == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("normalization", ["tokens", "sequences", "segments"])
 def test_task_loss_normalization_matches_numpy(text_dir, tmp_path, normalization):
     """L_task from the model's own logits, recomputed with numpy's log-softmax: a mean over all
-    scored tokens ("tokens") or over each row's tokens, then over rows ("sequences")."""
-    stage = make_stage(text_dir, tmp_path, cls=multimodal.Stage2, normalization=normalization)
+    scored tokens ("tokens"), over each row's tokens, then over rows ("sequences"), or over each
+    run of consecutive scored tokens, then over runs ("segments")."""
+    # VQA conversations of up to 4 answers, so that rows hold several runs.
+    stage = make_stage(text_dir, tmp_path, cls=multimodal.Stage2, normalization=normalization, vqa_turns=4)
     state = init(stage)
     # Initial weights give every token a loss of about log V, which no averaging tells apart:
     # random weights of a larger scale make the per-token losses (and so the two means) differ.
@@ -132,10 +148,49 @@ def test_task_loss_normalization_matches_numpy(text_dir, tmp_path, normalization
     token_mean = (ce * mask).sum() / mask.sum()
     rows = np.flatnonzero(mask.sum(-1) > 0)
     row_mean = np.mean([(ce[r] * mask[r]).sum() / mask[r].sum() for r in rows])
-    assert abs(token_mean - row_mean) > 1e-3 * token_mean  # 100x the tolerance below: the batch tells them apart
-    want = token_mean if normalization == "tokens" else row_mean
+    runs = []  # (row, start, stop) of every run of scored tokens, found by a plain scan
+    for r in range(mask.shape[0]):
+        t = 0
+        while t < mask.shape[1]:
+            if mask[r, t] > 0:
+                start = t
+                while t < mask.shape[1] and mask[r, t] > 0:
+                    t += 1
+                runs.append((r, start, t))
+            t += 1
+    run_mean = np.mean([ce[r, a:b].mean() for r, a, b in runs])
+    # 100x the tolerance below: the batch tells the three apart.
+    assert abs(token_mean - row_mean) > 1e-3 * token_mean and abs(run_mean - row_mean) > 1e-3 * row_mean
+    want = {"tokens": token_mean, "sequences": row_mean, "segments": run_mean}[normalization]
     assert float(m["task_loss"]) == pytest.approx(want, rel=1e-5)
     assert float(m["text_ce"]) == pytest.approx((ce * mask * ~image).sum() / (mask * ~image).sum(), rel=1e-5)
+
+
+def test_studies_without_a_configured_task_are_skipped_in_training(text_dir, tmp_path):
+    """A VQA-only stage 2 over studies of which some have no questions: those leave the training
+    stream (the others all arrive), score nothing in evaluation, and a source with none usable
+    stops the run before training."""
+    from mavilt_jax.data import pipeline
+    from mavilt_jax.stages.base import StageDataError
+
+    stage = make_stage(text_dir, tmp_path, cls=multimodal.Stage2, task_weights={"vqa": 1.0})
+    studies = []
+    for i in range(6):
+        study = phantoms.generate_study(5, i, resolution=32)
+        study["image"] = study["image"][..., None]
+        if i % 2:
+            study["vqa"] = []
+        studies.append(study)
+    assert stage.preprocess(studies[1], np.random.default_rng(0)) is None
+    ds = pipeline.make_train_dataset(studies, stage.preprocess, batch_size=1, seed=0, shard_index=0, shard_count=1,
+                                     shuffle=False, num_epochs=1)
+    arrived = [b for b in ds]
+    assert len(arrived) == 3 and all(int(b["task_id"][0]) == templates.TASKS.index("vqa") for b in arrived)
+    assert stage.eval_preprocess(studies[1])["loss_mask"].sum() == 0
+    assert stage.eval_preprocess(studies[0])["loss_mask"].sum() > 0
+    stage.check_train_source(studies)  # some usable: trains on those
+    with pytest.raises(StageDataError, match="none of the first 3 training studies"):
+        stage.check_train_source(studies[1::2])
 
 
 def test_unknown_task_normalization_raises(text_dir, tmp_path):
@@ -217,7 +272,7 @@ def test_stage2_config_task_mix_reaches_the_builder(text_dir, tmp_path):
     stage.setup(str(tmp_path))
     assert dict(stage.builder.config.task_weights) == {
         "report": 1.0, "findings": 1.0, "impression": 1.0, "report_to_image": 1.0, "vqa": 2.0}
-    assert stage.task_normalization == "sequences"
+    assert stage.task_normalization == "segments"
     study = phantoms.generate_study(0, 3, resolution=32)
     study["findings"], study["impression"] = "Heart size is normal.", "No acute process."
     assert study["vqa"]
@@ -230,7 +285,8 @@ def test_stage2_config_task_mix_reaches_the_builder(text_dir, tmp_path):
 
 def test_stage2_config_vqa_turns_reaches_the_builder(text_dir, tmp_path):
     """``sequence.vqa_turns`` of the stage-2 config is what the stage's VQA examples ask: over
-    studies with 3+ questions, between 2 and vqa_turns answers each (2 always fit in 384 tokens)."""
+    studies with 3+ questions, between 2 and vqa_turns answers each (2 always fit in 384 tokens);
+    its findings examples go on with 1 to vqa_turns of the questions (``report_followups``)."""
     config = stage2_config.config(runlocal=True, model="tiny", res=32, text_checkpoint=str(text_dir),
                                   **{"sequence.vqa_turns": 3, "sequence.max_len": 384})
     config.vqgan.model.update(channel_multipliers=(1, 2, 2, 4), base_channels=8, embedding_dim=8, codebook_size=32,
@@ -240,14 +296,18 @@ def test_stage2_config_vqa_turns_reaches_the_builder(text_dir, tmp_path):
     stage.setup(str(tmp_path))
     assert stage.builder.config.vqa_turns == 3
     codes = np.zeros((stage.layout.codes_per_image,), np.int32)
-    rng, counts = np.random.default_rng(0), []
+    rng, counts, followups = np.random.default_rng(0), [], []
     for i in range(40):
         study = phantoms.generate_study(0, i, resolution=32)
         if len(study["vqa"]) < 3:
             continue
         out = stage.builder.stage2_example(study, codes, rng, task="vqa")
         counts.append(int(np.sum((out["targets"] == stage.layout.eos_id) & (out["loss_mask"] > 0))))
+        # report_followups (on in the stage-2 config): the findings, then 1 to vqa_turns answers
+        out = stage.builder.stage2_example(study, codes, rng, task="findings")
+        followups.append(int(np.sum((out["targets"] == stage.layout.eos_id) & (out["loss_mask"] > 0))) - 1)
     assert counts and min(counts) >= 2 and max(counts) == 3, counts
+    assert stage.builder.config.report_followups and min(followups) >= 1 and max(followups) <= 3, followups
 
 
 def test_stage2_validation_spreads_the_tasks_over_studies_and_repeats_them(text_dir, tmp_path):

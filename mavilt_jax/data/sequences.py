@@ -26,7 +26,9 @@ without one, the plain layout "[<boi> codes <eoi> "\\n"]Instruction: ...\\nRespo
 A VQA example holds up to ``vqa_turns`` of the study's questions, one user/assistant turn each
 (the image and the template's wording in the first, bare questions after), every answer and its
 ``<eos>`` scored; the plain layout puts "Instruction: ...\\nResponse:\\n" after each ``<eos>``.
-Inference asks one question at a time: the one-turn layout, which a conversation's first turn is.
+With ``report_followups`` a report-task training example goes on the same way after the report
+(the report is then the first answer). Inference asks one question at a time, or for the report
+alone: the one-turn layout, which a conversation's first turn is.
 
 Long texts are cut at the end (the image span is never cut); a cut response loses its ``<eos>``,
 so the model is never taught to stop mid-sentence. Prompts for the sampler are the same layouts
@@ -51,6 +53,11 @@ _REPORT = "\ue001"
 _ANSWER = "\ue002"
 
 
+class NoTaskForStudy(ValueError):
+    """A study has the data of none of the configured stage-2 tasks (for example a VQA-only mix
+    and a study without questions)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SequenceConfig:
     """How examples become sequences.
@@ -67,6 +74,10 @@ class SequenceConfig:
       Table IV, "no task-adaptive instructions").
     vqa_turns: the most questions of one study in a stage-2 VQA sequence (drawn without
       replacement; turns that do not fit ``max_len`` are left out). 1: one question per sequence.
+    report_followups: in stage-2 training, a report-task sequence (report, findings, impression)
+      goes on after the report with up to ``vqa_turns`` of the study's questions, in the VQA
+      conversation layout, as far as ``max_len`` allows: every image -> text sequence then also
+      asks about the image's findings.
     """
 
     max_len: int
@@ -78,6 +89,7 @@ class SequenceConfig:
     system_prompt: str | None = None
     fixed_instructions: bool = False
     vqa_turns: int = 1
+    report_followups: bool = False
 
     def __post_init__(self):
         if self.vqa_turns < 1:
@@ -308,12 +320,34 @@ class SequenceBuilder:
         template's wording costs ~30 tokens, and the sequence has room for few). Turns that would
         pass ``max_len`` are left out; the first is always kept (its answer cut if need be)."""
         questions = [template.render(question=pairs[0]["question"])] + [p["question"] for p in pairs[1:]]
-        answers = [p["answer"] for p in pairs]
-        for k in range(len(pairs), 1, -1):
+        out = self._conversation(questions, [p["answer"] for p in pairs], codes)
+        if out is None:
+            out = self.instruction("vqa", template, codes=codes, response=pairs[0]["answer"], question=pairs[0]["question"])
+        return out
+
+    def _conversation(self, questions: Sequence[str], answers: Sequence[str], codes: np.ndarray) -> dict[str, np.ndarray] | None:
+        """The longest conversation of at least two turns (a prefix of ``questions``) that fits
+        ``max_len``, scored on every answer and its ``<eos>``; None when two turns do not fit."""
+        for k in range(len(questions), 1, -1):
             chunks = self._conversation_chunks(questions[:k], answers[:k], codes)
             if sum(len(c.ids) for c in chunks) <= self.config.max_len + 1:
                 return self._arrays(chunks)
-        return self.instruction("vqa", template, codes=codes, response=answers[0], question=pairs[0]["question"])
+        return None
+
+    def available_tasks(self, example: Mapping[str, Any]) -> dict[str, bool]:
+        """Which stage-2 tasks the study has the data for (a report, its sections, questions)."""
+        report = bool(self.report_text(example))
+        return {"report": report, "findings": bool(_text(example.get("findings", ""))),
+                "impression": bool(_text(example.get("impression", ""))), "report_to_image": report,
+                "vqa": bool(vqa_pairs(example.get("vqa")))}
+
+    def supports_configured_task(self, example: Mapping[str, Any]) -> bool:
+        available = self.available_tasks(example)
+        return any(w > 0 and available[t] for t, w in self.config.task_weights)
+
+    def unscored(self) -> dict[str, np.ndarray]:
+        """A padding sequence [L] that scores nothing (a study with no data for any configured task)."""
+        return self._arrays([_Chunk([self.layout.pad_id])])
 
     def stage2_example(
         self, example: Mapping[str, Any], codes: np.ndarray, rng: np.random.Generator, *, split: str = "train",
@@ -323,12 +357,12 @@ class SequenceBuilder:
         findings, impression = _text(example.get("findings", "")), _text(example.get("impression", ""))
         report = self.report_text(example)
         pairs = vqa_pairs(example.get("vqa"))
-        available = {"report": bool(report), "findings": bool(findings), "impression": bool(impression),
-                     "report_to_image": bool(report), "vqa": bool(pairs)}
+        available = self.available_tasks(example)
         if task is None:
             names = [t for t, w in self.config.task_weights if w > 0 and available[t]]
             if not names:
-                raise ValueError("the study supports none of the configured tasks")
+                raise NoTaskForStudy(f"the study has the data of none of the configured tasks "
+                                     f"{[t for t, w in self.config.task_weights if w > 0]}")
             weights = np.array([dict(self.config.task_weights)[t] for t in names], np.float64)
             task = names[int(rng.choice(len(names), p=weights / weights.sum()))]
         elif not available.get(task, False):
@@ -348,7 +382,13 @@ class SequenceBuilder:
         else:
             response = {"report": report, "findings": findings, "impression": impression}[task]
             template = self._template(task, rng, split)
-            out = self.instruction(task, template, codes=codes, response=response)
+            out = None
+            if self.config.report_followups and pairs and split == "train":
+                chosen = [pairs[i] for i in rng.permutation(len(pairs))[:self.config.vqa_turns]]
+                out = self._conversation([template.text] + [p["question"] for p in chosen],
+                                         [response] + [p["answer"] for p in chosen], codes)
+            if out is None:
+                out = self.instruction(task, template, codes=codes, response=response)
         out["task_id"] = np.int32(templates_lib.TASKS.index(task))
         return out
 

@@ -72,6 +72,10 @@ def eval_rng(example: Mapping[str, Any]) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(study.encode()))
 
 
+class StageDataError(ValueError):
+    """The data cannot feed the stage as configured (a user error: the run stops before training)."""
+
+
 class Stage(abc.ABC):
     """One training stage; see the module docstring for the contract."""
 
@@ -90,6 +94,11 @@ class Stage(abc.ABC):
     @abc.abstractmethod
     def preprocess(self, example: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One TFDS example -> one training example of fixed shapes."""
+
+    def check_train_source(self, source: Any) -> None:
+        """Raises `StageDataError` when ``source`` cannot feed this stage as configured; called by
+        the loop before training. Nothing to check by default."""
+        return None
 
     def data_source(self, split: str) -> Any | None:
         """A random-access source (``len`` and ``[i]``) of ``split`` ("train" / "validation") made

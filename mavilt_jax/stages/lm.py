@@ -8,9 +8,11 @@ One train step (Eq. 12):
   text and image parts are reported separately. ``loss.task_normalization`` says how tokens are
   averaged: "tokens" (every scored token of the batch weighs the same) or "sequences" (the mean
   over each sequence's scored tokens, then over the sequences that have any: every example
-  weighs the same, whatever its length). Stage 2 uses "sequences": its rows mix ~130-token
-  reports, 64-code images and 1-3-token VQA answers, and a token mean gives the answers ~1 % of
-  the gradient although VQA is a third of the examples.
+  weighs the same, whatever its length) or "segments" (the mean over each run of consecutive
+  scored tokens, then over all runs of the batch: a VQA conversation's answers each weigh as
+  much as a report). Stage 2 uses "sequences": its rows mix ~130-token reports, 64-code images
+  and 1-3-token VQA answers, and a token mean gives the answers ~1 % of the gradient although VQA
+  is a third of the examples.
 - L_reg (Eq. 11): ||theta - theta_pretrained||^2 over the pretrained entries (`losses.weight_anchor_loss`),
   the anchor a frozen copy in ``TrainState.frozen["anchor"]``.
 - L_recon: defined by the multimodal stages (`mavilt_jax.stages.multimodal`).
@@ -85,7 +87,7 @@ def rebox(boxed: Any, values: Any) -> Any:
     return jax.tree.map(lambda b, v: b.replace_boxed(v) if is_box(b) else v, boxed, values, is_leaf=is_box)
 
 
-TASK_NORMALIZATIONS = ("tokens", "sequences")
+TASK_NORMALIZATIONS = ("tokens", "sequences", "segments")
 
 
 def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -100,6 +102,25 @@ def sequence_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     per_row = jnp.sum(values * mask, axis=-1) / jnp.maximum(n, 1.0)
     has = (n > 0).astype(per_row.dtype)
     return jnp.sum(per_row * has) / jnp.maximum(jnp.sum(has), 1.0)
+
+
+def segment_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean over the scored segments of the batch of each segment's mean of ``values`` [B, L].
+
+    A segment is a maximal run of consecutive masked positions in a row: a report and its
+    ``<eos>``, an image's codes, one VQA answer and its ``<eos>``. A row with three answers
+    therefore weighs three times a row with one report.
+    """
+    B, L = mask.shape
+    mask = (mask > 0).astype(values.dtype)
+    starts = mask * (1.0 - jnp.pad(mask[:, :-1], ((0, 0), (1, 0))))
+    seg = jnp.cumsum(starts, axis=-1).astype(jnp.int32) - 1  # [B, L]: 0-based segment within its row
+    # Each (row, segment) gets its own bucket; unscored positions go to a last, discarded one.
+    ids = jnp.where(mask > 0, jnp.arange(B, dtype=jnp.int32)[:, None] * L + seg, B * L).reshape(-1)
+    sums = jax.ops.segment_sum((values * mask).reshape(-1), ids, num_segments=B * L + 1)[:-1]
+    counts = jax.ops.segment_sum(mask.reshape(-1), ids, num_segments=B * L + 1)[:-1]
+    has = (counts > 0).astype(values.dtype)
+    return jnp.sum(sums / jnp.maximum(counts, 1.0)) / jnp.maximum(jnp.sum(has), 1.0)
 
 
 class LMStage(Stage):
@@ -124,7 +145,7 @@ class LMStage(Stage):
             report_section=seq.get("report_section", "both"),
             use_chat_template=seq.get("use_chat_template", True),
             fixed_instructions=seq.get("fixed_instructions", False),
-            vqa_turns=seq.get("vqa_turns", 1), **extra))
+            vqa_turns=seq.get("vqa_turns", 1), report_followups=seq.get("report_followups", False), **extra))
         self.llm_config = llm_config(self.config.model, vocab.size)
         self.model = llm.Decoder(self.llm_config)
         self.tx = optimizers.make_optimizer(self.config.optimizer, total_steps=self.config.total_steps)
@@ -171,6 +192,8 @@ class LMStage(Stage):
         image_sum, image_n = jnp.sum(ce * image_mask), jnp.sum(image_mask)
         if self.task_normalization == "sequences":
             task = sequence_mean(ce, mask)
+        elif self.task_normalization == "segments":
+            task = segment_mean(ce, mask)
         else:
             task = (text_sum + image_sum) / jnp.maximum(text_n + image_n, 1.0)
         m = {"task_loss": task, "text_ce": text_sum / jnp.maximum(text_n, 1.0),

@@ -34,12 +34,13 @@ from absl import logging
 from etils import epath
 
 from mavilt_jax import checkpointing, losses
+from mavilt_jax.data import sequences
 from mavilt_jax.data.vocab import ExtendedVocab, VocabLayout
 from mavilt_jax.deprecation import moved_attributes
 from mavilt_jax.models import cxr_encoder, vqgan
 from mavilt_jax.models.embeddings import extend_embeddings
 from mavilt_jax.stages import lm
-from mavilt_jax.stages.base import Batch, Measurements, TrainState, eval_rng
+from mavilt_jax.stages.base import Batch, Measurements, StageDataError, TrainState, eval_rng
 
 # The shared LM stage moved to `mavilt_jax.stages.lm` (old names kept for a while).
 __getattr__ = moved_attributes(__name__, {
@@ -295,9 +296,29 @@ class Stage2(Stage1):
 
     recon_rows = None  # one task per row, drawn per example
 
-    def preprocess(self, example: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    # How many training studies `check_train_source` looks at (the source's first ones).
+    checked_studies = 256
+
+    def check_train_source(self, source: Any) -> None:
+        """Stops before training when no study among the first ones has the data of a configured
+        task (the stream would skip them all); warns with the share that will be skipped."""
+        n = min(len(source), self.checked_studies)
+        usable = sum(self.builder.supports_configured_task(source[i]) for i in range(n))
+        tasks = [t for t, w in self.builder.config.task_weights if w > 0]
+        if n and not usable:
+            raise StageDataError(f"none of the first {n} training studies has the data of a configured stage-2 task "
+                                 f"{tasks}: set sequence.task_weights to tasks this dataset has")
+        if usable < n:
+            logging.warning("%d of the first %d training studies have the data of none of the tasks %s; "
+                            "such studies are skipped in training and score nothing in evaluation.",
+                            n - usable, n, tasks)
+
+    def preprocess(self, example: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray] | None:
         codes, extra = self._codes_and_image(example)
-        out = self.builder.stage2_example(example, codes, rng, split="train")
+        try:
+            out = self.builder.stage2_example(example, codes, rng, split="train")
+        except sequences.NoTaskForStudy:
+            return None  # skipped: grain leaves a None out of the stream
         keys = ("tokens", "targets", "loss_mask", "positions", "is_image_target", "task_id")
         return {**{k: out[k] for k in keys}, **extra}
 
@@ -309,6 +330,10 @@ class Stage2(Stage1):
 
     def eval_preprocess(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
         codes, extra = self._codes_and_image(example)
-        out = self.builder.stage2_example(example, codes, eval_rng(example), split="eval")
+        try:
+            out = self.builder.stage2_example(example, codes, eval_rng(example), split="eval")
+        except sequences.NoTaskForStudy:
+            # Evaluation batches keep every study in place: this one scores nothing.
+            out = {**self.builder.unscored(), "task_id": np.int32(-1)}
         keys = ("tokens", "targets", "loss_mask", "positions", "is_image_target", "task_id")
         return {**{k: out[k] for k in keys}, **extra}
