@@ -25,6 +25,8 @@ import mavilt_jax
 from mavilt_jax import export, generate, image_io, inference
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Most tests here read the tiny main job's model (unless MAVILT_TEST_WORKDIR is set): run after it.
+pytestmark = pytest.mark.tiny_main_job
 
 
 @pytest.fixture(scope="module")
