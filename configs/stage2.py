@@ -44,8 +44,9 @@ def config(*, runlocal: bool = False, model: str | None = None, stage1: str = ""
     # Report sequences go on with the study's questions in the room the report leaves (1.4 answers on
     # average at runlocal's length), and L_task is a mean over scored segments (each answer weighs as
     # a report), so the reading is asked of nearly twice the images per batch, for the same compute.
-    # Measured on the main job (README "Stage-2 choices"): yes/no AUROC 0.672 -> 0.716, VQA accuracy
-    # 0.540 -> 0.554, CE F1 0.390 -> 0.387, judge 0.676 -> 0.649. ("segments" alone: AUROC 0.687.)
+    # Measured on the main job (README "Stage-2 choices"): yes/no AUROC 0.672 -> 0.706, VQA accuracy
+    # 0.540 -> 0.551, CE F1 0.390 -> 0.398, judge 0.676 -> 0.644 (a first trial: 0.716, 0.554, 0.387,
+    # 0.649). ("segments" alone: AUROC 0.687.)
     config.sequence.report_followups = True
     config.loss.task_normalization = "segments"
     return common.override(config, overrides)
