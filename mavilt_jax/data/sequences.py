@@ -334,16 +334,22 @@ class SequenceBuilder:
                 return self._arrays(chunks)
         return None
 
-    def available_tasks(self, example: Mapping[str, Any]) -> dict[str, bool]:
-        """Which stage-2 tasks the study has the data for (a report, its sections, questions)."""
-        report = bool(self.report_text(example))
-        return {"report": report, "findings": bool(_text(example.get("findings", ""))),
-                "impression": bool(_text(example.get("impression", ""))), "report_to_image": report,
-                "vqa": bool(vqa_pairs(example.get("vqa")))}
+    @property
+    def configured_tasks(self) -> list[str]:
+        """The stage-2 tasks with a positive weight."""
+        return [t for t, w in self.config.task_weights if w > 0]
+
+    def _task_data(self, example: Mapping[str, Any]) -> dict[str, Any]:
+        """The study's text for each stage-2 task (empty when it has none) and its VQA pairs."""
+        report = self.report_text(example)
+        return {"report": report, "findings": _text(example.get("findings", "")),
+                "impression": _text(example.get("impression", "")), "report_to_image": report,
+                "vqa": vqa_pairs(example.get("vqa"))}
 
     def supports_configured_task(self, example: Mapping[str, Any]) -> bool:
-        available = self.available_tasks(example)
-        return any(w > 0 and available[t] for t, w in self.config.task_weights)
+        """Whether the study has the data of at least one configured stage-2 task."""
+        data = self._task_data(example)
+        return any(data[t] for t in self.configured_tasks)
 
     def unscored(self) -> dict[str, np.ndarray]:
         """A padding sequence [L] that scores nothing (a study with no data for any configured task)."""
@@ -354,15 +360,13 @@ class SequenceBuilder:
         task: str | None = None,
     ) -> dict[str, np.ndarray]:
         """One instruction sequence [L] for a study, plus ``task_id`` (index into `templates.TASKS`)."""
-        findings, impression = _text(example.get("findings", "")), _text(example.get("impression", ""))
-        report = self.report_text(example)
-        pairs = vqa_pairs(example.get("vqa"))
-        available = self.available_tasks(example)
+        data = self._task_data(example)
+        findings, impression, report, pairs = data["findings"], data["impression"], data["report"], data["vqa"]
+        available = {t: bool(v) for t, v in data.items()}
         if task is None:
-            names = [t for t, w in self.config.task_weights if w > 0 and available[t]]
+            names = [t for t in self.configured_tasks if available[t]]
             if not names:
-                raise NoTaskForStudy(f"the study has the data of none of the configured tasks "
-                                     f"{[t for t, w in self.config.task_weights if w > 0]}")
+                raise NoTaskForStudy(f"the study has the data of none of the configured tasks {self.configured_tasks}")
             weights = np.array([dict(self.config.task_weights)[t] for t in names], np.float64)
             task = names[int(rng.choice(len(names), p=weights / weights.sum()))]
         elif not available.get(task, False):

@@ -10,9 +10,9 @@ One train step (Eq. 12):
   over each sequence's scored tokens, then over the sequences that have any: every example
   weighs the same, whatever its length) or "segments" (the mean over each run of consecutive
   scored tokens, then over all runs of the batch: a VQA conversation's answers each weigh as
-  much as a report). Stage 2 uses "sequences": its rows mix ~130-token reports, 64-code images
-  and 1-3-token VQA answers, and a token mean gives the answers ~1 % of the gradient although VQA
-  is a third of the examples.
+  much as a report). Stage 2 uses "segments": its rows mix ~130-token reports, 64-code images
+  and 1-3-token VQA answers (several per row), and a token mean gives the answers ~1 % of the
+  gradient although VQA is a third of the examples.
 - L_reg (Eq. 11): ||theta - theta_pretrained||^2 over the pretrained entries (`losses.weight_anchor_loss`),
   the anchor a frozen copy in ``TrainState.frozen["anchor"]``.
 - L_recon: defined by the multimodal stages (`mavilt_jax.stages.multimodal`).

@@ -304,7 +304,7 @@ class Stage2(Stage1):
         task (the stream would skip them all); warns with the share that will be skipped."""
         n = min(len(source), self.checked_studies)
         usable = sum(self.builder.supports_configured_task(source[i]) for i in range(n))
-        tasks = [t for t, w in self.builder.config.task_weights if w > 0]
+        tasks = self.builder.configured_tasks
         if n and not usable:
             raise StageDataError(f"none of the first {n} training studies has the data of a configured stage-2 task "
                                  f"{tasks}: set sequence.task_weights to tasks this dataset has")
