@@ -39,7 +39,8 @@ ABLATIONS = ("no_clinical_loss", "fixed_instructions", "no_stage1", "no_recon", 
 def ablation_config(name: str, base: str, steps: int | None = None, model: str = "cpu",
                     long: bool = False, smoke: bool = False, full_eval: bool = False) -> ml_collections.ConfigDict:
     """The main job's pipeline with ablation ``name``; steps it shares with the full method point at ``base``.
-    ``smoke``: as the main job's smoke variant (3 steps, the tiny LLM, 8 test studies, fast evaluation).
+    ``smoke``: as the main job's smoke variant (3 steps, the tiny LLM, 8 test studies, fast evaluation,
+    `demo.smoke_settings`).
     The evaluation is the main job's on all test studies, without the figures the table does not show
     (METEOR, Inception FD, code probe, guidance sweep) unless ``full_eval``."""
     from configs import demo, stage1, stage2, vqgan
@@ -71,6 +72,8 @@ def ablation_config(name: str, base: str, steps: int | None = None, model: str =
         raise ValueError(f"unknown ablation {name!r}; known: {', '.join(ABLATIONS)}")
     pipeline.evaluation = demo.evaluation_config(max_studies=8 if smoke else 0, fast=smoke or not full_eval)
     pipeline.evaluation.judge = f"{base}/judge"
+    if smoke:
+        demo.smoke_settings(pipeline)
     config = ml_collections.ConfigDict()
     config.stage = "pipeline"
     config.pipeline = pipeline

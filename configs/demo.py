@@ -47,6 +47,15 @@ def evaluation_config(*, model_step: str = "stage2", max_studies: int = 0,
         bars=dict(BARS), disable_most_optimizations=False))
 
 
+def smoke_settings(pipeline: ml_collections.ConfigDict) -> None:
+    """What a smoke run of ``pipeline`` (its steps by name) changes besides sizes: XLA's
+    optimisations off (compiling is most of a 3-step run) and checkpoints saved synchronously."""
+    for step in pipeline.values():
+        step.disable_most_optimizations = True
+        if "checkpoint" in step:
+            step.checkpoint.async_save = False
+
+
 def config(*, steps: int | None = None, model: str = "cpu", long: bool = False, eval_studies: int = 0,
            fast_eval: bool = False, smoke: bool = False) -> ml_collections.ConfigDict:
     """The pipeline; ``steps`` (when given) replaces every training step's ``total_steps``.
@@ -73,10 +82,7 @@ def config(*, steps: int | None = None, model: str = "cpu", long: bool = False, 
     for name in ("stage1", "stage2"):
         pipeline[name].eval_max_batches = 2 if smoke else 16
     if smoke:
-        for name in STEPS:
-            pipeline[name].disable_most_optimizations = True
-            pipeline[name].checkpoint.async_save = False
-        pipeline.evaluation.disable_most_optimizations = True
+        smoke_settings(pipeline)
     config = ml_collections.ConfigDict()
     config.stage = "pipeline"
     config.pipeline = pipeline

@@ -32,6 +32,13 @@ def test_ablation_switch_reaches_the_config(name):
     else:
         assert stage2.init_from == "{workdir}/stage1" and p.stage1.text_checkpoint == "/base/text_pretrain"
 
+    # The smoke variant (what CI runs) compiles as the main job's smoke does; the real one optimises.
+    smoke = ablations.ablation_config(name, "/base", smoke=True).pipeline
+    for step in c.order:
+        assert p[step].disable_most_optimizations is False
+        assert smoke[step].disable_most_optimizations is True, step
+        assert step == "evaluation" or smoke[step].checkpoint.async_save is False
+
 
 def test_unknown_ablation_and_missing_base_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:

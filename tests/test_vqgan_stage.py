@@ -43,6 +43,7 @@ def _config(**loss):
     config.loss.update(lambda_grad=1.0, lambda_feat=0.0, gan_weight=0.0, disc_start=0)
     config.loss.update(**loss)
     config.quantizer_restart.every = 0
+    config.disable_most_optimizations = True  # the training loop sets XLA's flag from the config
     return config
 
 
@@ -155,7 +156,9 @@ def test_training_loop_load_vqgan_and_cli(tmp_path, capsys):
                              "--out", str(tmp_path / "y.png")]) == 0
     decoded = np.asarray(Image.open(tmp_path / "y.png"))
     expected_pixels = vqgan.to_uint8(model.apply({"params": params}, codes[None], method=model.decode))[0, :, :, 0]
-    np.testing.assert_array_equal(decoded, expected_pixels)
+    # Up to 1 grey level: the CLI decodes jitted, the reference op by op, and a pixel on a rounding
+    # boundary may land either side.
+    np.testing.assert_allclose(decoded.astype(int), expected_pixels.astype(int), rtol=0, atol=1)
 
     # Pre-tokenization: the builder stores each study's codes beside its text and labels.
     from mavilt_jax.data import pipeline

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import abc
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax
@@ -61,6 +61,13 @@ class TrainState:
     opt_state: PyTree
     extra: PyTree = None
     frozen: PyTree = None
+
+
+def zeros_like_init(init_fn: Callable[[], Any]) -> Any:
+    """Zeros shaped like what ``init_fn`` returns, without running or compiling it: placeholders in
+    ``init_state`` for frozen arrays that a checkpoint replaces right after (compiling a network's
+    random initialiser costs seconds to tens of seconds)."""
+    return jax.tree.map(lambda x: jax.numpy.zeros(x.shape, x.dtype), jax.eval_shape(init_fn))
 
 
 def eval_rng(example: Mapping[str, Any]) -> np.random.Generator:

@@ -28,7 +28,7 @@ from absl import logging
 from mavilt_jax import checkpointing, losses, optimizers, progress
 from mavilt_jax.evaluation import image_metrics
 from mavilt_jax.models import cxr_encoder, discriminator, vqgan
-from mavilt_jax.stages.base import Batch, Measurements, Stage, TrainState
+from mavilt_jax.stages.base import Batch, Measurements, Stage, TrainState, zeros_like_init
 
 
 def model_config(config: ml_collections.ConfigDict) -> vqgan.VQGANConfig:
@@ -91,7 +91,9 @@ class VQGANStage(Stage):
         frozen = None
         if self.phi is not None:
             phi_in = jnp.zeros((1, self.phi_image_size, self.phi_image_size, 1))
-            frozen = {"phi": self.phi.init(phi_rng, phi_in)["params"]}
+            init_phi = lambda: self.phi.init(phi_rng, phi_in)["params"]  # noqa: E731
+            # A trained phi replaces it in `restore_pretrained`: zeros then, not a compiled initialiser.
+            frozen = {"phi": zeros_like_init(init_phi) if self.config.phi.checkpoint else init_phi()}
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
                           extra=extra, frozen=frozen)
 
