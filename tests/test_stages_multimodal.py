@@ -70,6 +70,24 @@ def batch_of(stage, n=2, seed=0):
     return {k: jnp.stack([e[k] for e in examples]) for k in examples[0]}
 
 
+def test_zeros_like_init_gives_the_initialisers_tree_without_running_it():
+    """The placeholders for frozen arrays that a checkpoint replaces: the tree, shapes and dtypes
+    (and logical-axis boxes) of a Flax init, all zeros; the initialiser is traced, never run."""
+    from mavilt_jax.stages.base import zeros_like_init
+
+    module = nn.Sequential([nn.Dense(3, kernel_init=nn.with_logical_partitioning(nn.initializers.ones, ("a", "b"))),
+                            nn.Dense(2, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)])
+    init = lambda: module.init(jax.random.key(0), jnp.ones((1, 5)))["params"]  # noqa: E731
+    expected = init()
+    calls = []
+    got = zeros_like_init(lambda: calls.append(1) or init())
+    assert len(calls) == 1  # traced once by jax.eval_shape
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        assert isinstance(g, jax.Array) and g.shape == e.shape and g.dtype == e.dtype and not np.any(np.asarray(g))
+    assert nn.get_partition_spec(got)["layers_0"]["kernel"] == jax.sharding.PartitionSpec("a", "b")
+
+
 def test_fill_code_slots_matches_a_loop():
     layout = VocabLayout(text_vocab_size=10, codebook_size=5, codes_per_image=3, eos_id=0)
     ids = np.array([[1, 10, 10, 2, 10, 3], [1, 2, 3, 4, 5, 6], [10, 4, 10, 10, 17, 18]], np.int32)
