@@ -171,7 +171,8 @@ def _mlp(cfg, x, ct, rng):
     D, Fd = cfg.hidden_size, cfg.intermediate_size
     w = {k: (0.02 * rng.standard_normal(s)).astype(np.float32) for k, s in
          (("gate", (D, Fd)), ("up", (D, Fd)), ("down", (Fd, D)))}
-    jf = lambda x, w: (jax.nn.silu(x @ w["gate"]) * (x @ w["up"])) @ w["down"]  # noqa: E731
+    autodiff = lambda x, w: (jax.nn.silu(x @ w["gate"]) * (x @ w["up"])) @ w["down"]  # noqa: E731
+    written_out = lambda x, w: llm.swiglu_mlp(x, w["gate"], w["up"], w["down"])  # noqa: E731 (the model's)
     xt = torch.tensor(x, requires_grad=True)
     wt = {k: torch.tensor(v.T.copy(), requires_grad=True) for k, v in w.items()}
     ctt = torch.tensor(ct)
@@ -183,7 +184,8 @@ def _mlp(cfg, x, ct, rng):
         (out * ctt).sum().backward()
         return xt.grad
 
-    return {"ours": _jax_fwd_bwd(jf, x, w, ct), "torch": tcall}
+    return {"ours": _jax_fwd_bwd(written_out, x, w, ct), "ours autodiff": _jax_fwd_bwd(autodiff, x, w, ct),
+            "torch": tcall}
 
 
 def _head(cfg, x, rng):

@@ -201,7 +201,7 @@ def llm_config(size: str = "cpu", **overrides: Any) -> ml_collections.ConfigDict
     fields = dict(
         size=size, vocab_size=0, rope_theta=10000.0, rms_norm_eps=1e-5, tie_embeddings=False,
         max_position_embeddings=2048, dtype="float32", param_dtype="float32", scan_layers=False,
-        remat="none", attention_impl="xla", pretrained="",
+        remat="none", attention_impl="xla", projection_vjp="explicit", pretrained="",
     )
     fields.update(LLM_SIZES[size])
     fields.update(overrides)

@@ -226,3 +226,64 @@ def test_causal_query_blocks_match_transformers_and_the_dense_mask(tmp_path, mon
     g_dense = jax.jit(jax.grad(lambda p: loss(p, dense)))(params)
     for a, b in zip(jax.tree.leaves(g_blocks), jax.tree.leaves(g_dense)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_gradients_match_transformers_backward(tmp_path):
+    """The training gradients (the MLP's written-out backward, `llm.swiglu_mlp`, included) equal
+    torch autograd's through transformers on the same weights and loss, every parameter mapped to
+    its transformers name by the exporter; and equal JAX autodiff's ("autodiff" MLP), scanned and
+    rematerialised too."""
+    model = tiny_hf_checkpoint(tmp_path, "llama")
+    config, params = pretrained.load_hf_checkpoint(tmp_path)
+    assert config.projection_vjp == "explicit"
+    tokens, positions = _inputs()
+
+    def loss(config, p):
+        logits, _ = llm.Decoder(config).apply({"params": p}, tokens, positions)
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, tokens[..., None], -1)[..., 0])
+
+    grads = jax.jit(jax.grad(lambda p: loss(config, p)))(params)
+    ours = pretrained.hf_tensors_from_params(grads, config, "float32")
+    model.zero_grad()
+    logits = model(torch.tensor(tokens), position_ids=torch.tensor(np.array(positions))).logits
+    torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.tensor(tokens).reshape(-1)).backward()
+    theirs = {name: p.grad.numpy() for name, p in model.named_parameters()}
+    assert set(ours) == set(theirs)
+    for name, g in theirs.items():
+        np.testing.assert_allclose(np.asarray(ours[name]), g, atol=2e-6, rtol=1e-4, err_msg=name)
+
+    autodiff = dataclasses.replace(config, projection_vjp="autodiff")
+    g_auto = jax.jit(jax.grad(lambda p: loss(autodiff, p)))(params)
+    scanned = dataclasses.replace(config, scan_layers=True, remat="full")
+    g_scan = llm.unstack_layers(jax.jit(jax.grad(lambda p: loss(scanned, p)))(llm.stack_layers(params, config.num_layers)))
+    for a, b, c in zip(jax.tree.leaves(grads), jax.tree.leaves(g_auto), jax.tree.leaves(g_scan)):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+        np.testing.assert_allclose(c, b, atol=1e-6, rtol=1e-5)
+
+
+def test_written_out_backward_runs_under_the_trainers_one_device_mesh(monkeypatch):
+    """The trainer always runs under a mesh and axis rules, one CPU device included: there the
+    projections take the written-out backward (`llm.dense`, `llm.swiglu_mlp`); over several
+    devices autodiff's (not traced here: counted by patching)."""
+    import flax.linen as nn
+    from jax.sharding import AxisType
+
+    calls = []
+    for name in ("dense", "swiglu_mlp"):
+        original = getattr(llm, name)
+        monkeypatch.setattr(llm, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    config, params = tiny_llm(seed=3)
+    tokens, positions = _inputs()
+    rules = (("act_batch", "data"), ("embed", None))
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(AxisType.Auto,))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        jax.jit(llm.Decoder(config).apply).lower({"params": params}, tokens, positions)
+    # per trace (jit may trace more than once): per layer q, k, v, o through dense and one
+    # swiglu_mlp; then the output head
+    traces = calls.count("swiglu_mlp") // config.num_layers
+    assert traces >= 1 and calls.count("swiglu_mlp") == traces * config.num_layers
+    assert calls.count("dense") == traces * (4 * config.num_layers + 1)
+    calls.clear()
+    autodiff = dataclasses.replace(config, projection_vjp="autodiff")
+    jax.jit(llm.Decoder(autodiff).apply).lower({"params": params}, tokens, positions)
+    assert calls == []
