@@ -462,12 +462,12 @@ class MLP(nn.Module):
         int8 = cfg.weight_quant == "int8"
         if cfg.projection_vjp == "explicit" and not int8 and _one_device():
             return self._explicit(x, dtype, pdtype)
-        dense = lambda feats, names, name: Projection(  # noqa: E731 (same kernel, name and init as nn.Dense)
+        proj = lambda feats, names, name: Projection(  # noqa: E731 (same kernel, name and init as nn.Dense)
             (feats,), 1, names, None, dtype, pdtype, int8, name=name)
-        gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x)  # [B, T, F]
-        up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x)  # [B, T, F]
+        gate = proj(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x)  # [B, T, F]
+        up = proj(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x)  # [B, T, F]
         h = constrain(nn.silu(gate) * up, ("act_batch", "act_len", "act_mlp"))
-        return dense(x.shape[-1], ("mlp", "embed"), "down_proj")(h)  # [B, T, D]
+        return proj(x.shape[-1], ("mlp", "embed"), "down_proj")(h)  # [B, T, D]
 
     def _explicit(self, x: Array, dtype: Any, pdtype: Any) -> Array:
         """`swiglu_mlp` on the parameters of the Projections above (same names, shapes and draws)."""
