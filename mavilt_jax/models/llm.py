@@ -49,12 +49,13 @@ Array = jax.Array
 MASKED_LOGIT = -1e30
 
 
-def _one_device() -> bool:
-    """True without a mesh in context or with a mesh of one device: where the projections' written-out
-    backward (`dense`, `swiglu_mlp`) runs. Over several devices autodiff's plain products are kept,
+def _written_out_backward(cfg: LLMConfig) -> bool:
+    """Whether the projections take their written-out backward (`dense`, `swiglu_mlp`): asked for
+    (``projection_vjp="explicit"``), float kernels (int8 ones are for decoding only), and no mesh in
+    context or a mesh of one device. Over several devices autodiff's plain products are kept,
     which the partitioner shards as it always has."""
     mesh = jax.sharding.get_abstract_mesh()
-    return mesh.empty or mesh.size == 1
+    return cfg.projection_vjp == "explicit" and cfg.weight_quant != "int8" and (mesh.empty or mesh.size == 1)
 
 
 def constrain(x: jax.Array, names: tuple[str, ...]) -> jax.Array:
@@ -101,7 +102,7 @@ class LLMConfig:
     # "int8": weight-only int8 matmul kernels with per-output-channel scales (inference; models/int8.py).
     weight_quant: str = "none"
     # The projections' backward pass: "explicit" (written out in `dense` and `swiglu_mlp`; on one
-    # device, see `_one_device`) or "autodiff". Same gradients up to float rounding; the explicit
+    # device, see `_written_out_backward`) or "autodiff". Same gradients up to float rounding; the explicit
     # one trains 1.1-1.3x faster on CPU (benchmarks/train.py).
     projection_vjp: str = "explicit"
 
@@ -229,7 +230,7 @@ class Projection(nn.Module):
     dtype: Any
     param_dtype: Any
     int8: bool = False  # kernel int8 + "kernel_scale" [features] (see models/int8.py)
-    explicit_vjp: bool = False  # the product through `dense` (LLMConfig.projection_vjp)
+    explicit_vjp: bool = False  # the product through `dense` (see `_written_out_backward`)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -254,7 +255,7 @@ class Projection(nn.Module):
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.bias_axes),
                               tuple(self.features), self.param_dtype)
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        if self.explicit_vjp and scale is None and _one_device():
+        if self.explicit_vjp:
             lead = x.shape[:x.ndim - self.n_in]
             out = dense(x.reshape(lead + (-1,)), kernel.reshape(math.prod(in_shape), -1)).reshape(lead + tuple(self.features))
         else:
@@ -339,7 +340,7 @@ class Attention(nn.Module):
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         int8 = cfg.weight_quant == "int8"
-        explicit = cfg.projection_vjp == "explicit"
+        explicit = _written_out_backward(cfg)
 
         def proj(name, heads, head_axis):
             return Projection(
@@ -392,15 +393,19 @@ class Attention(nn.Module):
         return out, new_kv
 
 
-def _weight_grad(a: Array, b: Array) -> Array:
-    """a [..., M], b [..., N] -> a^T b [M, N], summed over every leading (token) axis.
+def _tokens_last(a: Array) -> Array:
+    """a [..., M] -> [M, tokens], the operand of a weight-gradient product, materialised on its own.
 
-    The transpose of ``a`` is materialised on its own (the barrier keeps XLA from fusing it into
-    the producer of ``b``): left to itself, XLA:CPU writes the elementwise backward of the MLP in
-    transposed order, one strided store per element, which cost more than the product.
+    The barrier keeps XLA from choosing the other operand's layout instead: left to itself,
+    XLA:CPU writes the elementwise backward of the MLP in transposed order, one strided store per
+    element, which cost more than the product.
     """
-    a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
-    return jax.lax.optimization_barrier(a2.T) @ b2
+    return jax.lax.optimization_barrier(a.reshape(-1, a.shape[-1]).T)
+
+
+def _weight_grad(a: Array, b: Array) -> Array:
+    """a [..., M], b [..., N] -> a^T b [M, N], summed over every leading (token) axis."""
+    return _tokens_last(a) @ b.reshape(-1, b.shape[-1])
 
 
 @jax.custom_vjp
@@ -442,9 +447,9 @@ def _swiglu_mlp_bwd(res, dy):
     d_gate = dh * up * sig * (1 + gate * (1 - sig))  # silu'(g) = s (1 + g (1 - s))
     d_up = dh * gate * sig
     dx = d_gate @ w_gate.T + d_up @ w_up.T
-    x_t = jax.lax.optimization_barrier(x.reshape(-1, x.shape[-1]).T)  # [D, tokens], shared by two products
-    d_gate2, d_up2 = d_gate.reshape(-1, d_gate.shape[-1]), d_up.reshape(-1, d_up.shape[-1])
-    return dx, x_t @ d_gate2, x_t @ d_up2, _weight_grad(h, dy)
+    x_t = _tokens_last(x)  # [D, tokens], shared by the two products
+    F = d_gate.shape[-1]
+    return dx, x_t @ d_gate.reshape(-1, F), x_t @ d_up.reshape(-1, F), _weight_grad(h, dy)
 
 
 swiglu_mlp.defvjp(_swiglu_mlp_fwd, _swiglu_mlp_bwd)
@@ -460,7 +465,7 @@ class MLP(nn.Module):
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         int8 = cfg.weight_quant == "int8"
-        if cfg.projection_vjp == "explicit" and not int8 and _one_device():
+        if _written_out_backward(cfg):
             return self._explicit(x, dtype, pdtype)
         proj = lambda feats, names, name: Projection(  # noqa: E731 (same kernel, name and init as nn.Dense)
             (feats,), 1, names, None, dtype, pdtype, int8, name=name)
@@ -564,14 +569,14 @@ class Decoder(nn.Module):
         if last_logits_only:
             x = x[:, -1:]
         x = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="final_norm")(x)
-        if cfg.tie_embeddings and cfg.projection_vjp == "explicit" and cfg.weight_quant != "int8" and _one_device():
+        if cfg.tie_embeddings and _written_out_backward(cfg):
             x, table = promote_dtype(x, embed.embedding, dtype=dtype)
             logits = dense(x, table.T)  # [B, T, V], as embed.attend
         elif cfg.tie_embeddings:
             logits = embed.attend(x)  # [B, T, V]
         else:
             logits = Projection((cfg.vocab_size,), 1, ("embed", "vocab"), None, dtype, pdtype,
-                                cfg.weight_quant == "int8", cfg.projection_vjp == "explicit", name="lm_head")(x)  # [B, T, V]
+                                cfg.weight_quant == "int8", _written_out_backward(cfg), name="lm_head")(x)  # [B, T, V]
         logits = constrain(logits.astype(jnp.float32), ("act_batch", "act_len", "act_vocab"))
         new_cache = None if cache is None else KVCache(keys=new_kv[0], values=new_kv[1], end_index=cache.end_index + T)
         return logits, new_cache
