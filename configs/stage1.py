@@ -44,6 +44,10 @@ def config(*, runlocal: bool = False, model: str | None = None, text: str = "", 
     res = res or (64 if runlocal else 128)
     # 64 px: the 2,000-study r64 build (the 256-study r64_small is too few to learn to read findings).
     config.data = common.data_config("synthetic_cxr", "r64" if res <= 64 else "r128")
+    # Host memory for the training split's VQ-GAN codes and L_recon targets (the decoding of the
+    # codes), computed once before training instead of in every step (`Stage1.prepare_train_source`);
+    # a split that needs more is encoded in the step. 0: always in the step.
+    config.data.precompute_codes_gib = 4.0
     config.sequence = ml_collections.ConfigDict(dict(
         max_len=384, cond_drop_prob=0.1, report_section="both", use_chat_template=True,
         fixed_instructions=False,  # True: one wording per task (Table IV ablation)

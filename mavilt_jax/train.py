@@ -179,6 +179,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 
     train_source = _data_source(stage, config, config.data.get("train_split", "train"))
     stage.check_train_source(train_source)
+    train_source = stage.prepare_train_source(train_source)
     train_iter = iter(pipeline.make_train_dataset(
         train_source, stage.preprocess, batch_size=local_batch_size, seed=config.seed,
         shard_index=jax.process_index(), shard_count=jax.process_count(),

@@ -5,6 +5,8 @@
   frozen and equal to their own stages' parameters, before and after training;
 - stage 1 -> stage 2 (``init_from``): the frozen arrays carried over as they are, the parameters
   within three Adam steps of stage 1's;
+- the training split encoded once before training with the VQ-GAN the step would use (stage 1:
+  the VQ-GAN workdir's; stage 2: the one in stage 1's frozen arrays);
 - every stage ran ``eval_step`` and ``periodic_eval`` inside the training loop;
 - evaluation from a checkpoint through ``python -m mavilt_jax.evaluate``;
 - stage 1 without a VQ-GAN checkpoint refuses to start.
@@ -27,7 +29,9 @@ import pytest
 
 from configs import stage1 as stage1_config
 from mavilt_jax import checkpointing
+from mavilt_jax.data import phantoms
 from mavilt_jax.data.vocab import ExtendedVocab
+from mavilt_jax.models import vqgan as vqgan_model
 from mavilt_jax.stages import lm, multimodal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -168,6 +172,43 @@ def test_stage1_to_stage2_init_from(job):
                         checkpointing.load_subtree(str(job / "stage1"), "frozen"), "stage 2 frozen arrays")
     v1, v2 = ExtendedVocab.load(job / "stage1" / lm.VOCAB_DIR), ExtendedVocab.load(job / "stage2" / lm.VOCAB_DIR)
     assert v1.layout == v2.layout and v1.encode_text("no acute disease") == v2.encode_text("no acute disease")
+
+
+@pytest.mark.parametrize("step", ["stage1", "stage2"])
+def test_training_split_is_encoded_once_by_the_steps_vqgan(job, tmp_path, compile_fast, step):
+    config = ml_collections.ConfigDict(checkpointing.read_workdir_config(str(job / step)))
+    assert config.loss.lambda_recon > 0 and config.data.precompute_codes_gib > 0
+    stage = {"stage1": multimodal.Stage1, "stage2": multimodal.Stage2}[step](config)
+    stage.setup(str(tmp_path))
+    R = stage.vq_config.image_size
+    studies = []
+    for i in range(3):
+        study = phantoms.generate_study(5, i, resolution=R)
+        studies.append({**study, "image": study["image"][..., None]})
+    if step == "stage1":
+        expected = checkpointing.load_subtree(str(job / "vqgan"), "params")
+    else:
+        # Stage 2's step uses the VQ-GAN in stage 1's frozen arrays, whatever its tokenizer
+        # workdir holds: a different VQ-GAN there must not reach the codes.
+        expected = checkpointing.load_subtree(str(job / "stage1"), "frozen")["vqgan"]
+        stage._vq_params = jax.tree.map(lambda a: np.asarray(a) * 0.5, expected)
+    source = stage.prepare_train_source(studies)
+    assert isinstance(source, multimodal.PrecomputedCodes) and len(source) == 3
+
+    model = vqgan_model.VQGAN(stage.vq_config)
+    for study, example in zip(studies, (source[i] for i in range(3))):
+        image = vqgan_model.to_model_range(study["image"], R)[None]
+        codes = model.apply({"params": expected}, image, method="encode")
+        np.testing.assert_array_equal(example["codes"], np.asarray(codes[0]))
+        decoded = model.apply({"params": expected}, codes, method="decode")
+        np.testing.assert_allclose(example["recon_target"], np.asarray(decoded[0]), atol=1e-5)
+        assert "image" not in example and example["findings"] == study["findings"]
+
+    # Encoded in the step instead: a split over the memory budget, or a run too short to revisit it.
+    config.data.precompute_codes_gib = 1e-9
+    assert stage.prepare_train_source(studies) is studies
+    config.data.precompute_codes_gib, config.total_steps = 4.0, 0
+    assert stage.prepare_train_source(studies) is studies
 
 
 def test_every_stage_evaluates_and_samples_in_the_loop(job):

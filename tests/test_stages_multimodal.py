@@ -367,3 +367,36 @@ def test_stage1_recon_on_report_to_image_rows_equals_all_rows(text_dir, tmp_path
     for a, b in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(slow_grads)):
         # atol 1e-6: float32 sums over other row sets (one entry of 10,816 differed by 2e-7)
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [multimodal.Stage1, multimodal.Stage2])
+def test_precomputed_codes_and_targets_give_the_in_step_loss_and_gradients(text_dir, tmp_path, cls):
+    """The training split encoded once (`precompute_codes`: codes, and the decoding of the codes
+    as L_recon's target) feeds the step the same L of Eq. 12 and the same gradients as the images
+    encoded and decoded inside it; the last, short batch of the precomputation padded."""
+    stage = make_stage(text_dir, tmp_path, recon=1.0, cls=cls)
+    stage.precompute_batch = 2
+    state = init(stage)
+    studies = []
+    for i in range(3):
+        study = phantoms.generate_study(0, i, resolution=32)
+        studies.append({**study, "image": study["image"][..., None]})
+    source = stage.precompute_codes(studies, state.frozen["vqgan"])
+
+    def batch(examples):
+        out = [stage.preprocess(e, np.random.default_rng(i)) for i, e in enumerate(examples)]
+        return {k: jnp.stack([e[k] for e in out]) for k in out[0]}
+
+    in_step, precomputed = batch(studies), batch([source[i] for i in range(3)])
+    assert "image" in in_step and "recon_target" in precomputed and "image" not in precomputed
+    np.testing.assert_array_equal(precomputed["is_image_target"], in_step["is_image_target"])
+
+    @jax.jit
+    def loss_and_grads(b):
+        return jax.value_and_grad(lambda p: stage.objective(p, state.frozen, stage.prepare_batch(state.frozen, b))[0])(
+            state.params)
+
+    (want, want_grads), (got, got_grads) = loss_and_grads(in_step), loss_and_grads(precomputed)
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

@@ -103,3 +103,15 @@ def test_image_range_conversions():
     assert vqgan.to_model_range(np.zeros((1, 8, 8, 1), np.uint8), 4).shape == (1, 4, 4, 1)
     with pytest.raises(ValueError, match="uint8"):
         vqgan.to_model_range(f)
+
+
+def test_upsample_nearest_2x_equals_resize_nearest_with_its_gradient():
+    from mavilt_jax.models.vqgan import upsample_nearest_2x
+
+    x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
+    resize = lambda v: jax.image.resize(v, (2, 6, 10, 4), "nearest")  # noqa: E731
+    np.testing.assert_array_equal(np.asarray(upsample_nearest_2x(x)), np.asarray(resize(x)))
+    np.testing.assert_array_equal(np.asarray(upsample_nearest_2x(x))[1, 5, 9], np.asarray(x)[1, 2, 4])  # by hand
+    weights = jax.random.normal(jax.random.key(1), (2, 6, 10, 4))
+    grad = lambda f: jax.grad(lambda v: jnp.sum(weights * f(v)))(x)  # noqa: E731
+    np.testing.assert_allclose(np.asarray(grad(upsample_nearest_2x)), np.asarray(grad(resize)), rtol=1e-6, atol=1e-6)

@@ -76,6 +76,14 @@ class VQGANConfig:
         return self.latent_size**2
 
 
+def upsample_nearest_2x(x: jax.Array) -> jax.Array:
+    """[B, h, w, C] -> [B, 2h, 2w, C], each value copied to a 2 x 2 block: the values of
+    ``jax.image.resize(..., "nearest")`` at scale 2, as a broadcast whose gradient is a sum over
+    the blocks (resize's is a scatter-add, slow on CPU: it ran in every L_recon backward)."""
+    B, h, w, C = x.shape
+    return jnp.broadcast_to(x[:, :, None, :, None, :], (B, h, 2, w, 2, C)).reshape(B, 2 * h, 2 * w, C)
+
+
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=math.gcd(channels, groups))
 
@@ -146,9 +154,8 @@ class Decoder(nn.Module):
             for _ in range(cfg.num_res_blocks):
                 h = ResBlock(cfg.base_channels * mult, cfg.norm_groups)(h)
             if level < len(mults) - 1:
-                B, hh, ww, C = h.shape
-                h = jax.image.resize(h, (B, 2 * hh, 2 * ww, C), "nearest")
-                h = nn.Conv(C, (3, 3))(h)
+                h = upsample_nearest_2x(h)
+                h = nn.Conv(h.shape[-1], (3, 3))(h)
         h = nn.swish(_norm(h.shape[-1], cfg.norm_groups)(h))
         out = nn.Conv(cfg.image_channels, (3, 3), name="conv_out")(h)
         return (out, h) if return_penultimate else out

@@ -107,6 +107,12 @@ class Stage(abc.ABC):
         the loop before training. Nothing to check by default."""
         return None
 
+    def prepare_train_source(self, source: Any) -> Any:
+        """The training source as the loop reads it; the loop calls this once, after
+        `check_train_source`. ``source`` itself by default (stages may precompute per-study work
+        that does not depend on the trained parameters)."""
+        return source
+
     def data_source(self, split: str) -> Any | None:
         """A random-access source (``len`` and ``[i]``) of ``split`` ("train" / "validation") made
         by the stage itself (e.g. a text corpus); ``None`` (default): the loop reads ``config.data``

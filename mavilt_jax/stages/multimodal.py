@@ -11,10 +11,14 @@ lambda_reg * L_reg) and add what needs images:
 - the frozen arrays: the VQ-GAN, the anchor of Eq. 11 (lambda_reg > 0), phi (lambda_feat > 0).
 A zero weight removes a term and its cost (no anchor stored, no decoder pass).
 
-Images -> codes: on the fly with the frozen VQ-GAN encoder INSIDE the jitted step. Preprocessing
-(numpy, grain) builds the sequences with placeholder codes and passes the image; the step encodes
-the batch and writes the code ids into the placeholder slots (the slots are the only image ids of
-a sequence). A pretokenized source (examples with ``codes``) skips the encoder.
+Images -> codes: the training split is encoded once before training (`PrecomputedCodes`: each
+study's codes and, with L_recon, the decoding of those codes, the term's target) when it fits in
+``data.precompute_codes_gib`` of host memory; the frozen VQ-GAN gives every study the same codes
+at every visit, so the step need not encode it again (stage 1 sees each study ~4 times in the demo).
+Otherwise the codes come on the fly from the frozen VQ-GAN encoder INSIDE the jitted step:
+preprocessing (numpy, grain) builds the sequences with placeholder codes and passes the image; the
+step encodes the batch and writes the code ids into the placeholder slots (the slots are the only
+image ids of a sequence). A pretokenized source (examples with ``codes``) skips the encoder.
 
 Shape legend: B batch (sequences), L sequence length, V vocabulary, K codebook size,
 n codes per image (= h * w), D decoder latent channels, R image side.
@@ -74,6 +78,27 @@ def previous_valid_rows(valid: jax.Array) -> jax.Array:
     return jnp.where(valid, valid_first[(rank - 1) % count], jnp.arange(valid.shape[0]))
 
 
+class PrecomputedCodes:
+    """A training source whose examples carry their VQ-GAN ``codes`` [n] instead of the ``image``,
+    and, when given, ``recon_target`` [R, R, 1]: the decoding of those codes (L_recon's target).
+    Random access like the source it wraps; the arrays are indexed by the source's index."""
+
+    def __init__(self, source: Any, codes: np.ndarray, recon_targets: np.ndarray | None):
+        if len(codes) != len(source) or (recon_targets is not None and len(recon_targets) != len(source)):
+            raise ValueError(f"{len(codes)} codes for a source of {len(source)} studies")
+        self.source, self.codes, self.recon_targets = source, codes, recon_targets
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        example = {k: v for k, v in self.source[index].items() if k != "image"}
+        example["codes"] = self.codes[index]
+        if self.recon_targets is not None:
+            example["recon_target"] = self.recon_targets[index]
+        return example
+
+
 # ==== Stage 1 and stage 2 ======================================================================
 
 class Stage1(lm.LMStage):
@@ -130,9 +155,67 @@ class Stage1(lm.LMStage):
         self.save_vocab(workdir)
 
     # ---- data -----------------------------------------------------------------------------------
+    # Studies per jitted call of the training split's encoding (`prepare_train_source`).
+    precompute_batch = 64
+
+    def prepare_train_source(self, source: Any) -> Any:
+        """The training split as `PrecomputedCodes` (codes and, with L_recon, their decoding,
+        computed here once with the step's VQ-GAN) when its images fit in
+        ``data.precompute_codes_gib`` GiB of host memory; else ``source`` as it is (the step encodes
+        each batch). Also as it is: a pretokenized source, a random VQ-GAN (``vqgan.allow_random``:
+        its weights are drawn with the state), a budget of 0, a run that visits fewer studies than
+        the split holds (encoding them all would cost more than it saves)."""
+        budget = float(self.config.data.get("precompute_codes_gib", 0.0))
+        if not budget or self._vq_params is None or not len(source) or "image" not in source[0]:
+            return source
+        if self.config.total_steps * self.config.batch_size <= len(source):
+            logging.info("%d steps of %d visit at most the %d training studies once: the step encodes each batch.",
+                         self.config.total_steps, self.config.batch_size, len(source))
+            return source
+        R, n = self.vq_config.image_size, self.layout.codes_per_image
+        need = len(source) * (4 * n + (4 * R * R if self.lambda_recon else 0)) / 2**30
+        if need > budget:
+            logging.warning("The training split's codes%s would take %.2f GiB (data.precompute_codes_gib = %g): "
+                            "the step encodes each batch instead.", " and L_recon targets" if self.lambda_recon else "",
+                            need, budget)
+            return source
+        vq_params = self._vq_params
+        if self.config.get("init_from"):  # the step's VQ-GAN is then the one in init_from's frozen arrays
+            abstract = jax.eval_shape(lambda: self.vqgan.init(jax.random.key(0), jnp.zeros((1, R, R, 1)))["params"])
+            vq_params = checkpointing.load_subtree(self.config.init_from, "frozen", {"vqgan": abstract})["vqgan"]
+        source = self.precompute_codes(source, vq_params)
+        logging.info("Encoded the %d training studies once (%.2f GiB).", len(source), need)
+        return source
+
+    def precompute_codes(self, source: Any, vq_params: Any) -> PrecomputedCodes:
+        """Every study of ``source`` (with ``image``) encoded by the VQ-GAN ``vq_params`` in batches
+        of `precompute_batch`, and with L_recon the codes decoded."""
+        encode = jax.jit(functools.partial(self._encode_for_cache, with_targets=bool(self.lambda_recon)))
+        R, k = self.vq_config.image_size, self.precompute_batch
+        codes, targets = [], []
+        for start in range(0, len(source), k):
+            index = [min(i, len(source) - 1) for i in range(start, start + k)]  # the last batch padded: one shape
+            images = np.stack([vqgan.to_model_range(np.asarray(source[i]["image"]), R) for i in index])
+            c, x = jax.device_get(encode(vq_params, images.astype(np.float32)))
+            keep = min(k, len(source) - start)
+            codes.append(c[:keep])
+            targets.append(None if x is None else x[:keep])
+        return PrecomputedCodes(source, np.concatenate(codes).astype(np.int32),
+                                np.concatenate(targets) if self.lambda_recon else None)
+
+    def _encode_for_cache(self, vq_params: Any, images: jax.Array, *, with_targets: bool
+                          ) -> tuple[jax.Array, jax.Array | None]:
+        """images [B, R, R, 1] -> (codes [B, n], their decoding [B, R, R, 1] or None)."""
+        vq = {"params": vq_params}
+        codes = self.vqgan.apply(vq, images, method="encode")
+        return codes, self.vqgan.apply(vq, codes, method="decode") if with_targets else None
+
     def _codes_and_image(self, example: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        if "codes" in example:  # pretokenized source
-            return np.asarray(example["codes"], np.int32), {}
+        if "codes" in example:  # pretokenized or precomputed source
+            extra = {}
+            if "recon_target" in example:
+                extra["recon_target"] = np.asarray(example["recon_target"], np.float32)
+            return np.asarray(example["codes"], np.int32), extra
         image = vqgan.to_model_range(np.asarray(example["image"]), self.vq_config.image_size)
         return np.zeros(self.layout.codes_per_image, np.int32), {"image": image.astype(np.float32)}
 
@@ -265,6 +348,9 @@ class Stage1(lm.LMStage):
             codes = jnp.repeat(codes, rows_per_example, axis=0)
             seq["tokens"] = fill_code_slots(seq["tokens"], codes, self.layout)
             seq["targets"] = fill_code_slots(seq["targets"], codes, self.layout)
+        if "recon_target" in batch:  # precomputed: one per example, the same for its rows
+            rows_per_example = seq["tokens"].shape[0] // batch["recon_target"].shape[0]
+            seq["recon_target"] = jnp.repeat(batch["recon_target"], rows_per_example, axis=0)
         return seq
 
     def _phi_features(self, phi_params: Any, images: jax.Array) -> list[jax.Array]:
@@ -290,8 +376,11 @@ class Stage1(lm.LMStage):
         codebook = jax.lax.stop_gradient(self.vqgan.apply(vq, method="decoder_codebook"))  # [K, D]
         side = self.vq_config.latent_size
         expected = (probs @ codebook).reshape(probs.shape[0], side, side, -1)  # [B, h, w, D]
-        true_codes = jnp.clip(self.layout.id_to_code(jnp.take_along_axis(seq["targets"], slots, axis=1)), 0, K - 1)
-        x = jax.lax.stop_gradient(self.vqgan.apply(vq, true_codes, method="decode"))  # [B, R, R, 1]
+        if "recon_target" in seq:  # decode(true codes), precomputed (`prepare_train_source`)
+            x = jax.lax.stop_gradient(seq["recon_target"])  # [B, R, R, 1]
+        else:
+            true_codes = jnp.clip(self.layout.id_to_code(jnp.take_along_axis(seq["targets"], slots, axis=1)), 0, K - 1)
+            x = jax.lax.stop_gradient(self.vqgan.apply(vq, true_codes, method="decode"))  # [B, R, R, 1]
         x_hat = self.vqgan.apply(vq, expected, method="decode_latents")
         # Rows without an image target reconstruct exactly (zero loss, zero gradient); the mean is
         # then rescaled to the rows that have one.
