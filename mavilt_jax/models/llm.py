@@ -404,8 +404,15 @@ def _tokens_last(a: Array) -> Array:
 
 
 def _weight_grad(a: Array, b: Array) -> Array:
-    """a [..., M], b [..., N] -> a^T b [M, N], summed over every leading (token) axis."""
-    return _tokens_last(a) @ b.reshape(-1, b.shape[-1])
+    """a [..., M], b [..., N] -> a^T b [M, N], summed over every leading (token) axis.
+
+    The narrower operand is the one transposed: XLA:CPU computes the other's elementwise producer
+    (the MLP's silu(gate) * up for the down projection) inside the transposition, in strided order.
+    """
+    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    if a.shape[-1] <= b.shape[-1]:
+        return _tokens_last(a) @ b
+    return (_tokens_last(b) @ a).T  # [N, M] -> [M, N]: a transpose of the weight-sized result
 
 
 @jax.custom_vjp
