@@ -27,6 +27,7 @@ n codes per image (= h * w), D decoder latent channels, R image side.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,7 +38,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from mavilt_jax import checkpointing, losses
+from mavilt_jax import checkpointing, losses, progress
 from mavilt_jax.data import sequences
 from mavilt_jax.data.vocab import ExtendedVocab, VocabLayout
 from mavilt_jax.deprecation import moved_attributes
@@ -155,7 +156,7 @@ class Stage1(lm.LMStage):
         self.save_vocab(workdir)
 
     # ---- data -----------------------------------------------------------------------------------
-    # Studies per jitted call of the training split's encoding (`prepare_train_source`).
+    # Studies per jitted call of the training split's encoding (`precompute_codes`).
     precompute_batch = 64
 
     def prepare_train_source(self, source: Any) -> Any:
@@ -183,8 +184,11 @@ class Stage1(lm.LMStage):
         if self.config.get("init_from"):  # the step's VQ-GAN is then the one in init_from's frozen arrays
             abstract = jax.eval_shape(lambda: self.vqgan.init(jax.random.key(0), jnp.zeros((1, R, R, 1)))["params"])
             vq_params = checkpointing.load_subtree(self.config.init_from, "frozen", {"vqgan": abstract})["vqgan"]
+        what = "codes and L_recon targets" if self.lambda_recon else "codes"
+        progress.show(f"encoding the {len(source)} training studies once ({what}, {need:.2f} GiB)")
+        start = time.perf_counter()
         source = self.precompute_codes(source, vq_params)
-        logging.info("Encoded the %d training studies once (%.2f GiB).", len(source), need)
+        progress.show(f"encoded in {progress.format_duration(time.perf_counter() - start)}")
         return source
 
     def precompute_codes(self, source: Any, vq_params: Any) -> PrecomputedCodes:
