@@ -8,7 +8,8 @@ compilation inside a timed region, counted and shown as ``compiles in timed regi
   limits      best f32 / bf16 matmul FLOP/s through XLA, streaming read bandwidth (benchmarks/limits.py)
   train       LLM train step, ours vs transformers LlamaForCausalLM + torch AdamW, demo and d512 sizes
               (benchmarks/train.py): tokens/s, achieved FLOP/s, fraction of the f32 matmul peak, ours/theirs
-  stage1      the demo stage-1 step with lambda_recon 0 and 0.1: the cost of L_recon (benchmarks/images.py)
+  stage1      the demo stage-1 step with lambda_recon 0 and 0.1: the cost of L_recon, with the codes and
+              targets precomputed (as the loop feeds them) and encoded in the step (benchmarks/images.py)
   decode      SmolLM2-135M decoding, ours vs transformers `generate` (benchmarks/decode.py): reports at
               batch 1 and 16 (fraction of the weight-read bound at batch 1), report -> image with and
               without guidance; ``--decode_variants`` precisions at batch 1 (on a CPU the other
