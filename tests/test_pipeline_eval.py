@@ -151,3 +151,65 @@ def test_learning_curves_read_thin_and_render(tmp_path):
     assert [r["step"] for r in curves.thin([{"step": i} for i in range(11)], 3)] == [0, 5, 10]
     text = curves.render({"stage 1": history, "stage 2": []})
     assert "| 300 | 0.4000 | 0.7000 | 0.3000 |" in text and "### stage 2" not in text
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_micro_f1_thresholds_reach_the_best_micro_f1_of_any_thresholds(seed):
+    """Against every combination of thresholds, scored by scikit-learn (ties in the scores)."""
+    import itertools
+
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(seed)
+    n, k = 12, 3
+    positive = rng.random((n, k)) < rng.uniform(0.1, 0.6, k)
+    scores = np.round(positive * rng.uniform(0.0, 1.0, k) + rng.random((n, k)), 1)
+    thresholds = probe.micro_f1_thresholds(scores, positive)
+    got = f1_score(positive.ravel(), (scores >= thresholds).ravel(), zero_division=0)
+    candidates = [np.r_[np.inf, np.unique(scores[:, j])] for j in range(k)]
+    best = max(f1_score(positive.ravel(), (scores >= np.array(t)).ravel(), zero_division=0)
+               for t in itertools.product(*candidates))
+    assert got == pytest.approx(best, abs=1e-12)
+
+
+def test_micro_f1_thresholds_leave_out_an_observation_that_would_lower_the_pooled_f1():
+    # Observation 0 read perfectly (F1 1); observation 1 at chance: writing it at any threshold
+    # adds more false positives than true ones, so it is never written (threshold inf).
+    positive = np.array([[1, 1], [1, 0], [0, 1], [0, 0], [1, 0], [0, 0]], bool)
+    scores = np.array([[0.9, 0.2], [0.8, 0.9], [0.1, 0.1], [0.2, 0.8], [0.7, 0.7], [0.3, 0.6]])
+    thresholds = probe.micro_f1_thresholds(scores, positive)
+    assert thresholds[0] == pytest.approx(0.7) and thresholds[1] == np.inf
+
+
+def test_probe_report_labels_write_what_the_codes_carry_and_not_noise():
+    rng = np.random.default_rng(1)
+    n, K = 500, 8
+    codes = rng.integers(0, K, size=(n, 6))
+    positive = np.stack([codes[:, 2] == 5,                 # carried by position 2
+                         rng.random(n) < 0.1,              # carried by nothing (rare: writing it lowers micro-F1)
+                         np.zeros(n, bool)], axis=1)       # never positive
+    written = probe.probe_report_labels(codes[:400], positive[:400], codes[400:], K, regularization=10.0)
+    np.testing.assert_array_equal(written[:, 0], positive[400:, 0])
+    assert not written[:, 1].any() and not written[:, 2].any()
+
+
+def test_probe_vqa_answers_read_the_codes_per_question():
+    rng = np.random.default_rng(2)
+    n, K = 400, 6
+    codes = rng.integers(0, K, size=(n, 4))
+    side = np.where(codes[:, 1] < 3, "left", "right")
+    present = np.where(codes[:, 0] == 2, "yes", "no")
+    pairs = [(i, "Is there X?", present[i]) for i in range(300)]
+    pairs += [(i, "Which side?", side[i]) for i in range(300) if i % 2]
+    pairs += [(i, "Always?", "yes") for i in range(0, 300, 3)]
+    test = [(j, "Is there X?") for j in range(100)] + [(j, "Which side?") for j in range(100)]
+    test += [(0, "Always?"), (1, "Never asked?")]
+    answers = probe.probe_vqa_answers(codes[:300], pairs, codes[300:], test, K, regularization=10.0)
+    assert [a for a, _ in answers[:100]] == present[300:].tolist()
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(present[300:] == "yes", [p for _, p in answers[:100]]) == 1.0
+    assert [a for a, _ in answers[100:200]] == side[300:].tolist()
+    assert all(p is None for _, p in answers[100:200])  # not a yes/no question
+    assert answers[200] == ("yes", 1.0)  # one answer in training
+    assert answers[201] == ("no", 0.5)  # unseen: the most common answer overall, P(yes) 0.5

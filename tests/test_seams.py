@@ -271,3 +271,47 @@ def test_stage1_without_a_vqgan_checkpoint_refuses_to_start(tmp_path):
     config = stage1_config.config(runlocal=True, model="tiny", text=str(tmp_path / "text"))
     with pytest.raises(ValueError, match=r"needs a trained VQ-GAN.*tokenizer=DIR.*vqgan.allow_random"):
         multimodal.Stage1(config).setup(str(tmp_path / "work"))
+
+
+def test_code_reader_ceiling_on_the_main_jobs_test_records(job):
+    """The evaluation's linear reader of the codes (`pipeline_eval.code_reader_ceiling`) on the
+    tiny main job's stage 2, training split and test predictions: its CE F1 is scikit-learn's
+    micro-F1 of the labels the probe writes against the labeler's on the same references, study
+    by study whatever the order of the records, and it answers every test question."""
+    from sklearn.metrics import f1_score
+
+    from mavilt_jax.data import labels as L
+    from mavilt_jax.evaluation import clinical, generate, labeler, pipeline_eval, probe, suite
+
+    config = ml_collections.ConfigDict(checkpointing.read_workdir_config(str(job / "stage2")))
+    generator = generate.load_generator(config, str(job / "stage2"))
+    examples = generate.split_examples(generator, config, "test", 8)
+    train_source = generator.stage.source("train")
+    train_examples = [train_source[i] for i in range(len(train_source))]
+
+    def encode(studies):
+        return generator.encode(np.stack([np.asarray(e["image"]).reshape(np.asarray(e["image"]).shape[:2] + (1,))
+                                          for e in studies]))
+
+    codes, train_codes = encode(examples), encode(train_examples)
+    records = [json.loads(line) for line in (job / "predictions" / "predictions.jsonl").read_text().splitlines()]
+    cfg = suite.EvalConfig(resamples=20, nlg_resamples=2, fid_resamples=2, meteor=False, fid_extractors=())
+    out = pipeline_eval.code_reader_ceiling(generator, train_examples, train_codes, examples, codes, records, cfg)
+    shuffled = pipeline_eval.code_reader_ceiling(generator, train_examples, train_codes, examples, codes,
+                                                 records[::-1], cfg)
+
+    train_positive = clinical.binarise(labeler.label_reports([generator.builder.report_text(e)
+                                                              for e in train_examples]), cfg.uncertain)
+    written = probe.probe_report_labels(train_codes, train_positive, codes, generator.layout.codebook_size)
+    study_ids = [str(e["study_id"].decode() if isinstance(e["study_id"], bytes) else e["study_id"]) for e in examples]
+    reports = {r["study_id"]: r["reference"] for r in records if r["task"] == "report_generation"}
+    reference = clinical.binarise(labeler.label_reports([reports[s] for s in study_ids]), cfg.uncertain)
+    expected = f1_score(reference.ravel(), written.ravel(), zero_division=0)
+    for result in (out, shuffled):
+        ce = result["report_generation"]["clinical_efficacy"]["f1_micro"]
+        assert ce["value"] == pytest.approx(expected) and ce["n"] == len(study_ids)
+    questions = [r for r in records if r["task"] == "vqa"]
+    assert out["vqa"]["counts"]["questions"] == len(questions) > 0
+    assert (out["vqa"]["metrics"]["accuracy"]["value"]
+            == pytest.approx(shuffled["vqa"]["metrics"]["accuracy"]["value"]))
+    assert written.shape == (len(study_ids), L.NUM_OBSERVATIONS)

@@ -105,7 +105,7 @@ class _Chunk:
     truncatable: bool = False  # the one chunk that is cut (at its end) when the sequence is too long
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
     """A TFDS text feature (str, bytes or a 0-d numpy array of them) as str."""
     if isinstance(value, np.ndarray):
         value = value.item() if value.shape == () else value
@@ -121,8 +121,8 @@ def vqa_pairs(vqa: Any) -> list[dict[str, str]]:
     if isinstance(vqa, Mapping):
         keys = list(vqa)
         n = len(vqa[keys[0]]) if keys else 0
-        return [{k: _text(vqa[k][i]) for k in keys} for i in range(n)]
-    return [{k: _text(v) for k, v in pair.items()} for pair in vqa]
+        return [{k: as_text(vqa[k][i]) for k in keys} for i in range(n)]
+    return [{k: as_text(v) for k, v in pair.items()} for pair in vqa]
 
 
 def _fit(chunks: list[_Chunk], budget: int) -> list[_Chunk]:
@@ -174,7 +174,7 @@ class SequenceBuilder:
 
     def report_text(self, example: Mapping[str, Any]) -> str:
         """The study's report text for stage 1 and the "report" task (``config.report_section``)."""
-        return select_text(_text(example.get("findings", "")), _text(example.get("impression", "")),
+        return select_text(as_text(example.get("findings", "")), as_text(example.get("impression", "")),
                            self.config.report_section)
 
     def _instruction_chunks(
@@ -342,8 +342,8 @@ class SequenceBuilder:
     def _task_data(self, example: Mapping[str, Any]) -> dict[str, Any]:
         """The study's text for each stage-2 task (empty when it has none) and its VQA pairs."""
         report = self.report_text(example)
-        return {"report": report, "findings": _text(example.get("findings", "")),
-                "impression": _text(example.get("impression", "")), "report_to_image": report,
+        return {"report": report, "findings": as_text(example.get("findings", "")),
+                "impression": as_text(example.get("impression", "")), "report_to_image": report,
                 "vqa": vqa_pairs(example.get("vqa"))}
 
     def supports_configured_task(self, example: Mapping[str, Any]) -> bool:

@@ -40,7 +40,8 @@ class CECounts:
         return CECounts(self.tp[idx], self.fp[idx], self.fn[idx], self.observations)
 
 
-def _binarise(states: np.ndarray, uncertain: str) -> np.ndarray:
+def binarise(states: np.ndarray, uncertain: str) -> np.ndarray:
+    """Positive findings, bool, of label states; uncertain ones too under the "positive" policy."""
     positive = states == L.POSITIVE
     if uncertain == "positive":
         positive |= states == L.UNCERTAIN
@@ -57,7 +58,7 @@ def ce_counts(reference: np.ndarray, generated: np.ndarray, uncertain: Uncertain
         raise ValueError(f"expected two [N, {L.NUM_OBSERVATIONS}] label arrays, got {reference.shape} and {generated.shape}")
     cols = [L.INDEX[name] for name in observations]
     ref, gen = reference[:, cols], generated[:, cols]
-    ref_pos, gen_pos = _binarise(ref, uncertain), _binarise(gen, uncertain)
+    ref_pos, gen_pos = binarise(ref, uncertain), binarise(gen, uncertain)
     keep = np.ones_like(ref_pos)
     if uncertain == "ignore":
         keep = (ref != L.UNCERTAIN) & (gen != L.UNCERTAIN)

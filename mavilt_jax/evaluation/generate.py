@@ -156,13 +156,13 @@ def predict(generator: Generator, examples: Sequence[Mapping], out_dir: str | pa
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     records: list[dict] = records_lib.resume_records(records_path) if records_path is not None else []
     done = {str(r.get("study_id")) for r in records}
-    examples = [e for e in examples if _text(e.get("study_id")) not in done]
+    examples = [e for e in examples if sequences.as_text(e.get("study_id")) not in done]
     for start, batch in zip(range(0, len(examples), generator.cfg.batch_size),
                             _batches(examples, generator.cfg.batch_size)):
         first_new = len(records)
         images = np.stack([np.asarray(e["image"]).reshape(np.asarray(e["image"]).shape[:2] + (1,)) for e in batch])
         codes = generator.encode(images)
-        ids = [_text(e.get("study_id")) for e in batch]
+        ids = [sequences.as_text(e.get("study_id")) for e in batch]
         references = [generator.builder.report_text(e) for e in batch]
         if "report_generation" in tasks:
             for sid, ref, gen in zip(ids, references, generator.reports(codes)):
@@ -188,10 +188,6 @@ def predict(generator: Generator, examples: Sequence[Mapping], out_dir: str | pa
         if progress is not None:
             progress(start + len(batch), len(examples))
     return records
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def load_generator(config, workdir: str, cfg: GenerationConfig = GenerationConfig()) -> Generator:

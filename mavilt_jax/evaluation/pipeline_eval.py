@@ -13,6 +13,9 @@ A quality figure proves nothing alone, so every figure of the model comes with t
   Frechet distances to the real ones: the best a generator over these codes can do (the floor of FD);
 - ``ceiling_code_probe``: a linear probe from the VQ-GAN codes to the 14 labels
   (`mavilt_jax.evaluation.probe`): what the tokenizer lets the LLM see;
+- ``ceiling_code_reader``: the same in the bars' figures: CE F1 of the labels, and VQA accuracy
+  and yes/no AUROC of the answers, that linear regressions on the codes give (fitted on the
+  training split): whether a bar is within what the codes carry;
 - ``guidance_sweep``: report -> image at several classifier-free guidance scales;
 - ``model_training_wording`` (stage 2, diagnostic): the model's reports and VQA with the first
   TRAINING wording of each instruction instead of the held-out one, which separates reading the
@@ -241,6 +244,9 @@ def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.Con
         results["ceiling_code_probe"] = probe.code_probe(
             train_codes, np.stack([np.asarray(e["labels"]) for e in train_examples]), codes,
             np.stack([np.asarray(e["labels"]) for e in examples]), generator.layout.codebook_size)
+        progress("evaluation: ceiling, a reader of the VQ-GAN codes (reports' labels and VQA answers)")
+        results["ceiling_code_reader"] = code_reader_ceiling(
+            generator, train_examples, train_codes, examples, codes, records, cfg)
         lap("ceiling_probe")
 
     # ---- guidance sweep ------------------------------------------------------------------------
@@ -268,6 +274,36 @@ def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.Con
     (out / "report_card.md").write_text(render_card(results) + "\n" + report_card.render(results["model"]))
     write_sample_reports(out / "sample_reports.md", records, ec.sample_reports)
     return results
+
+
+def code_reader_ceiling(generator, train_examples: Sequence[Mapping], train_codes: np.ndarray,
+                        examples: Sequence[Mapping], codes: np.ndarray, records: Sequence[Mapping], cfg) -> dict:
+    """The bars' figures for a linear reader of the VQ-GAN codes (`probe.probe_report_labels`,
+    `probe.probe_vqa_answers`), fitted on the training split: CE against the labeler on the same
+    reference reports as the model's, VQA on the same questions; no text, so no NLG figures."""
+    from mavilt_jax.data import labels as L
+    from mavilt_jax.data import sequences
+    from mavilt_jax.evaluation import clinical, labeler, probe, suite
+    from mavilt_jax.evaluation.vqa_metrics import normalize_answer
+
+    index = {sequences.as_text(e.get("study_id")): i for i, e in enumerate(examples)}
+    train_refs = labeler.label_reports([generator.builder.report_text(e) for e in train_examples])
+    written = probe.probe_report_labels(train_codes, clinical.binarise(train_refs, cfg.uncertain), codes,
+                                        generator.layout.codebook_size, seed=cfg.seed)
+    reports = [r for r in records if r["task"] == "report_generation"]
+    ref_labels = np.asarray([r["reference_labels"] if r.get("reference_labels") is not None
+                             else labeler.label_report(r["reference"]) for r in reports], np.int8)
+    gen_labels = np.where(written[[index[r["study_id"]] for r in reports]], L.POSITIVE, L.ABSENT).astype(np.int8)
+    train_pairs = [(i, p["question"], normalize_answer(p["answer"]))
+                   for i, e in enumerate(train_examples) for p in sequences.vqa_pairs(e.get("vqa"))]
+    questions = [r for r in records if r["task"] == "vqa"]
+    answers = probe.probe_vqa_answers(train_codes, train_pairs, codes,
+                                      [(index[r["study_id"]], r["question"]) for r in questions],
+                                      generator.layout.codebook_size)
+    vqa_records = [{**r, "prediction": a, "p_yes": p} for r, (a, p) in zip(questions, answers, strict=True)]
+    return {"report_generation": {"n_studies": len(reports),
+                                  "clinical_efficacy": suite.score_clinical_efficacy(ref_labels, gen_labels, cfg)},
+            "vqa": suite.score_vqa(vqa_records, cfg)}
 
 
 def report_nll(generator, codes: np.ndarray, reports: Sequence[str], batch_size: int = 32) -> np.ndarray:
@@ -372,7 +408,9 @@ def render_card(results: Mapping) -> str:
             ("control: constant report / majority answer", results.get("control_constant_report")),
             ("control: shuffled image (another study's radiograph)", results.get("control_shuffled_image")),
             ("ceiling: judge on the real test images", results.get("ceiling_judge_real")),
-            ("ceiling: VQ-GAN reconstructions of the test images", results.get("ceiling_reconstruction"))]
+            ("ceiling: VQ-GAN reconstructions of the test images", results.get("ceiling_reconstruction")),
+            ("ceiling: a linear reader of the VQ-GAN codes (report labels, VQA answers; fitted on the training split)",
+             results.get("ceiling_code_reader"))]
     header = ["Row"] + [label for _, label, _ in SUMMARY_COLUMNS]
     lines = [f"# Main job: held-out {results['split']} split ({results['n_studies']} studies)", "",
              "Each figure: value [95 % CI] (bootstrap over studies: percentile; basic for FD, which resampling "

@@ -10,6 +10,13 @@ Targets follow conditional correctness (`conditional.conditional_correctness`): 
 negative and blank -> 0, uncertain studies left out of that observation. ``No Finding`` is not
 probed (it is the absence of the others).
 
+The same ceiling in the bars' own figures (`probe_report_labels`, `probe_vqa_answers`): a reader
+that writes a report's labels and answers each question from the codes with such regressions,
+scored by the evaluation as the model is (CE F1 against the labeler on the reference; VQA
+accuracy and yes/no AUROC). It is the best reader of the codes measured here, not a proof that no
+reader does better: a 4-layer transformer trained from the codes to the labels read less
+(README).
+
 Shape legend: N studies, n codes per image, K codebook size.
 """
 
@@ -38,6 +45,12 @@ def one_hot_codes(codes: np.ndarray, codebook_size: int):
     return sparse.csr_matrix((np.ones(N * n, np.float32), (rows, columns)), shape=(N, n * codebook_size))
 
 
+def _logistic(regularization: float):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=regularization, max_iter=2000)
+
+
 def code_probe(train_codes: np.ndarray, train_labels: np.ndarray, test_codes: np.ndarray, test_labels: np.ndarray,
                codebook_size: int, *, regularization: float = 0.1,
                observations: Sequence[str] = L.OBSERVATIONS[1:]) -> dict[str, float | int]:
@@ -47,8 +60,6 @@ def code_probe(train_codes: np.ndarray, train_labels: np.ndarray, test_codes: np
     training and the test studies, and ``auroc_macro`` (their mean) with ``findings_scored``.
     ``regularization`` is scikit-learn's ``C`` (inverse L2 strength).
     """
-    from sklearn.linear_model import LogisticRegression
-
     x_train, x_test = one_hot_codes(train_codes, codebook_size), one_hot_codes(test_codes, codebook_size)
     train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
     out: dict[str, float | int] = {}
@@ -61,12 +72,116 @@ def code_probe(train_codes: np.ndarray, train_labels: np.ndarray, test_codes: np
         y_test = test_labels[te, i] == L.POSITIVE
         if len(set(y_train.tolist())) < 2 or len(set(y_test.tolist())) < 2:
             continue
-        model = LogisticRegression(C=regularization, max_iter=2000)
-        model.fit(x_train[tr], y_train)
+        model = _logistic(regularization).fit(x_train[tr], y_train)
         value = auroc(model.predict_proba(x_test[te])[:, 1], y_test)
         out[f"auroc/{name}"] = value
         out[f"n/{name}"] = int(te.sum())
         aurocs.append(value)
     out["auroc_macro"] = float(np.mean(aurocs)) if aurocs else float("nan")
     out["findings_scored"] = len(aurocs)
+    return out
+
+
+def micro_f1_thresholds(scores: np.ndarray, positive: np.ndarray, passes: int = 3) -> np.ndarray:
+    """Per-observation score thresholds (predict positive when score >= it; +inf: never) that
+    maximise the micro-F1 pooled over observations, on these studies: coordinate ascent from
+    "never", each observation's best threshold given the others', ``passes`` rounds.
+
+    Micro-F1 = 2 TP / (predicted + actual positives); an observation read poorly lowers it
+    unless written rarely, so a threshold is chosen for the pooled figure, not its own F1.
+    scores float [N, K], positive bool [N, K] -> float [K].
+    """
+    scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+    n, k = scores.shape
+    actual = positive.sum()
+    thresholds = np.full(k, np.inf)
+    tp_k, pred_k = np.zeros(k), np.zeros(k)
+    candidates = []
+    for j in range(k):
+        order = np.argsort(-scores[:, j], kind="stable")
+        s = scores[order, j]
+        keep = np.r_[s[1:] != s[:-1], True]  # a threshold takes every tie at or above it
+        candidates.append((np.r_[np.inf, s[keep]], np.r_[0, np.cumsum(positive[order, j])[keep]],
+                           np.r_[0, np.arange(1, n + 1)[keep]]))
+    for _ in range(passes):
+        for j, (cut, tp, pred) in enumerate(candidates):
+            other_tp, other_pred = tp_k.sum() - tp_k[j], pred_k.sum() - pred_k[j]
+            denominator = other_pred + pred + actual
+            f1 = np.divide(2 * (other_tp + tp), denominator, out=np.zeros(len(cut)), where=denominator > 0)
+            best = int(np.argmax(f1))  # the first maximum: the fewest written positives
+            thresholds[j], tp_k[j], pred_k[j] = cut[best], tp[best], pred[best]
+    return thresholds
+
+
+def probe_report_labels(train_codes: np.ndarray, train_positive: np.ndarray, test_codes: np.ndarray,
+                        codebook_size: int, *, regularization: float = 0.1, folds: int = 3,
+                        seed: int = 0) -> np.ndarray:
+    """The labels a linear reader of the codes would write in a report: bool [N_test, K].
+
+    ``train_positive`` bool [N, K]: the labeler's findings in the training references (binarised
+    as clinical efficacy binarises them). Per observation, a logistic regression on the one-hot
+    codes; the thresholds maximise the micro-F1 (the CE figure the labels are scored by) of
+    out-of-fold predictions on the training studies (``folds``-fold, stratified;
+    `micro_f1_thresholds`). An observation with fewer positive (or negative) training studies
+    than ``folds`` is written as its training majority.
+    """
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    x_train, x_test = one_hot_codes(train_codes, codebook_size), one_hot_codes(test_codes, codebook_size)
+    train_positive = np.asarray(train_positive, bool)
+    k = train_positive.shape[1]
+    oof = np.zeros(train_positive.shape)
+    test_scores = np.zeros((x_test.shape[0], k))
+    for j in range(k):
+        y = train_positive[:, j]
+        if min(y.sum(), (~y).sum()) < folds:  # too few to fit: the majority, as a constant score
+            oof[:, j], test_scores[:, j] = float(y.mean() > 0.5), float(y.mean() > 0.5)
+            continue
+        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        oof[:, j] = cross_val_predict(_logistic(regularization), x_train, y, cv=cv, method="predict_proba")[:, 1]
+        test_scores[:, j] = _logistic(regularization).fit(x_train, y).predict_proba(x_test)[:, 1]
+    return test_scores >= micro_f1_thresholds(oof, train_positive)[None, :]
+
+
+def probe_vqa_answers(train_codes: np.ndarray, train_pairs: Sequence[tuple[int, str, str]], test_codes: np.ndarray,
+                      test_questions: Sequence[tuple[int, str]], codebook_size: int, *,
+                      regularization: float = 0.1) -> list[tuple[str, float | None]]:
+    """The answers a linear reader of the codes would give: one (answer, P(yes) or None) per
+    ``(test study index, question)``.
+
+    ``train_pairs``: (training study index, question, normalised answer). Per question wording,
+    a multinomial logistic regression on the one-hot codes of the studies it was asked about,
+    over the answers seen for it; a wording with one answer in training gives that answer, an
+    unseen wording the most common answer overall. P(yes) is the regression's probability of
+    "yes" (for a wording answered only "yes" or only "no": 1 or 0; unseen: 0.5).
+    """
+    import collections
+
+    x_train, x_test = one_hot_codes(train_codes, codebook_size), one_hot_codes(test_codes, codebook_size)
+    by_question: dict[str, list[tuple[int, str]]] = collections.defaultdict(list)
+    for i, question, answer in train_pairs:
+        by_question[question].append((i, answer))
+    overall = collections.Counter(a for _, _, a in train_pairs).most_common(1)[0][0]
+    wanted: dict[str, list[int]] = collections.defaultdict(list)
+    for j, (_, question) in enumerate(test_questions):
+        wanted[question].append(j)
+    out: list[tuple[str, float | None]] = [(overall, 0.5)] * len(test_questions)
+    for question, rows in wanted.items():
+        seen = by_question.get(question)
+        if not seen:
+            continue
+        studies = np.array([i for i, _ in seen])
+        answers = np.array([a for _, a in seen])
+        test_studies = np.array([test_questions[j][0] for j in rows])
+        classes = sorted(set(answers.tolist()))
+        if len(classes) == 1:
+            p_yes = {"yes": 1.0, "no": 0.0}.get(classes[0])
+            for j in rows:
+                out[j] = (classes[0], p_yes)
+            continue
+        model = _logistic(regularization).fit(x_train[studies], answers)
+        proba = model.predict_proba(x_test[test_studies])
+        names = list(model.classes_)
+        for j, p in zip(rows, proba, strict=True):
+            out[j] = (names[int(np.argmax(p))], float(p[names.index("yes")]) if "yes" in names else None)
     return out

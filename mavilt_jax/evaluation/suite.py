@@ -88,8 +88,17 @@ def score_report_generation(records: list[dict], cfg: EvalConfig) -> dict:
     gen_labels = _labels_field(records, "generated_labels", "generation")
     for r, a, b in zip(records, ref_labels, gen_labels):
         r["reference_labels"], r["generated_labels"] = a.tolist(), b.tolist()
-    counts = clinical.ce_counts(ref_labels, gen_labels, cfg.uncertain)
-    counts5 = clinical.ce_counts(ref_labels, gen_labels, cfg.uncertain, L.TOP5)
+    n = len(records)
+    with nlg.NLGScorer(references, generations, meteor=cfg.meteor) as scorer:
+        nlg_est = bootstrap.bootstrap(scorer.score, n, cfg.nlg_resamples, cfg.seed, cfg.confidence)
+    return {"n_studies": n, "nlg": _estimates_json(nlg_est),
+            "clinical_efficacy": score_clinical_efficacy(ref_labels, gen_labels, cfg)}
+
+
+def score_clinical_efficacy(reference_labels: np.ndarray, generated_labels: np.ndarray, cfg: EvalConfig) -> dict:
+    """CE (14 observations and top 5) from label arrays int [N, 14], resampled by study."""
+    counts = clinical.ce_counts(reference_labels, generated_labels, cfg.uncertain)
+    counts5 = clinical.ce_counts(reference_labels, generated_labels, cfg.uncertain, L.TOP5)
 
     def ce_stat(idx):
         out = clinical.ce_from_counts(counts.take(idx))
@@ -97,11 +106,7 @@ def score_report_generation(records: list[dict], cfg: EvalConfig) -> dict:
                     if not k.startswith("f1/")})
         return out
 
-    n = len(records)
-    with nlg.NLGScorer(references, generations, meteor=cfg.meteor) as scorer:
-        nlg_est = bootstrap.bootstrap(scorer.score, n, cfg.nlg_resamples, cfg.seed, cfg.confidence)
-    ce_est = bootstrap.bootstrap(ce_stat, n, cfg.resamples, cfg.seed, cfg.confidence)
-    return {"n_studies": n, "nlg": _estimates_json(nlg_est), "clinical_efficacy": _estimates_json(ce_est)}
+    return _estimates_json(bootstrap.bootstrap(ce_stat, len(counts.tp), cfg.resamples, cfg.seed, cfg.confidence))
 
 
 def _vqa_arrays(records: Sequence[Mapping]) -> dict[str, np.ndarray]:
