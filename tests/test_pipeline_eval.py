@@ -213,3 +213,21 @@ def test_probe_vqa_answers_read_the_codes_per_question():
     assert all(p is None for _, p in answers[100:200])  # not a yes/no question
     assert answers[200] == ("yes", 1.0)  # one answer in training
     assert answers[201] == ("no", 0.5)  # unseen: the most common answer overall, P(yes) 0.5
+
+
+def test_card_shows_each_bar_beside_the_ceiling_of_the_codes():
+    def est(v):
+        return {"value": v, "ci_low": v - 0.05, "ci_high": v + 0.05}
+
+    model = {"report_generation": {"clinical_efficacy": {"f1_micro": est(0.4)}},
+             "report_to_image": {"conditional": {"metrics": {"auroc_macro": est(0.65)}}}}
+    reader = {"report_generation": {"clinical_efficacy": {"f1_micro": est(0.6)}}}
+    recon = {"report_to_image": {"conditional": {"metrics": {"auroc_macro": est(0.8)}}}}
+    results = {"split": "test", "n_studies": 3, "model": model, "ceiling_code_reader": reader,
+               "ceiling_reconstruction": recon}
+    results["bars"] = pipeline_eval.check_bars(results, {"ce_f1_micro": 0.8, "judge_auroc": 0.9, "vqa_auroc": 0.95})
+    lines = pipeline_eval.render_card(results).splitlines()
+    assert "| CE micro-F1 (14) | >= 0.8 | 0.400 [0.350, 0.450] | NO | 0.600 [0.550, 0.650] |" in lines
+    assert "| Judge AUROC (macro) | >= 0.9 | 0.650 [0.600, 0.700] | NO | 0.800 [0.750, 0.850] |" in lines
+    assert "| VQA yes/no AUROC | >= 0.95 | – | NO | – |" in lines
+    assert any(line.startswith("| ceiling: a linear reader of the VQ-GAN codes") and "0.600" in line for line in lines)

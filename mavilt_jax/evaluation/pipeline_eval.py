@@ -434,11 +434,16 @@ def render_card(results: Mapping) -> str:
                       f"{probe_res['findings_scored']} findings): macro AUROC {probe_res['auroc_macro']:.3f}; {per_finding}"]
     lines += _vqa_by_question_type(rows[:4])
     if results.get("bars"):
-        lines += ["", "## Bars", "", "| Figure | Bar | Model | Met |", "|---|---|---|---|"]
+        # Beside each bar, what the VQ-GAN codes carry: the linear reader of the codes for reports
+        # and VQA, the judge on reconstructions (the best any generator over the codes draws).
+        lines += ["", "## Bars", "", "| Figure | Bar | Model | Met | Ceiling of the codes |", "|---|---|---|---|---|"]
         labels = {key: label for key, label, _ in SUMMARY_COLUMNS}
+        paths = {key: path for key, _, path in SUMMARY_COLUMNS}
         for key, b in results["bars"].items():
+            ceiling_row = results.get("ceiling_reconstruction" if key.startswith(("judge", "fd_"))
+                                      else "ceiling_code_reader")
             lines.append(f"| {labels[key]} | {'<=' if key.startswith('fd_') else '>='} {b['bar']} | "
-                         f"{_cell(b)} | {'yes' if b['met'] else 'NO'} |")
+                         f"{_cell(b)} | {'yes' if b['met'] else 'NO'} | {_cell(summary_value(ceiling_row, paths[key]))} |")
     if results.get("guidance_sweep"):
         lines += ["", "## Guidance sweep (report -> image)", "",
                   "| Scale | Judge AUROC (macro) | FD (Inception) | FD (judge) |", "|---|---|---|---|"]
