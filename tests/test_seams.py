@@ -281,6 +281,7 @@ def test_code_reader_ceiling_on_the_main_jobs_test_records(job):
     from sklearn.metrics import f1_score
 
     from mavilt_jax.data import labels as L
+    from mavilt_jax.data import sequences
     from mavilt_jax.evaluation import clinical, generate, labeler, pipeline_eval, probe, suite
 
     config = ml_collections.ConfigDict(checkpointing.read_workdir_config(str(job / "stage2")))
@@ -303,7 +304,7 @@ def test_code_reader_ceiling_on_the_main_jobs_test_records(job):
     train_positive = clinical.binarise(labeler.label_reports([generator.builder.report_text(e)
                                                               for e in train_examples]), cfg.uncertain)
     written = probe.probe_report_labels(train_codes, train_positive, codes, generator.layout.codebook_size)
-    study_ids = [str(e["study_id"].decode() if isinstance(e["study_id"], bytes) else e["study_id"]) for e in examples]
+    study_ids = [sequences.as_text(e["study_id"]) for e in examples]
     reports = {r["study_id"]: r["reference"] for r in records if r["task"] == "report_generation"}
     reference = clinical.binarise(labeler.label_reports([reports[s] for s in study_ids]), cfg.uncertain)
     expected = f1_score(reference.ravel(), written.ravel(), zero_division=0)

@@ -22,6 +22,7 @@ Shape legend: N studies, n codes per image, K codebook size.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 
 import numpy as np
@@ -155,8 +156,6 @@ def probe_vqa_answers(train_codes: np.ndarray, train_pairs: Sequence[tuple[int, 
     unseen wording the most common answer overall. P(yes) is the regression's probability of
     "yes" (for a wording answered only "yes" or only "no": 1 or 0; unseen: 0.5).
     """
-    import collections
-
     x_train, x_test = one_hot_codes(train_codes, codebook_size), one_hot_codes(test_codes, codebook_size)
     by_question: dict[str, list[tuple[int, str]]] = collections.defaultdict(list)
     for i, question, answer in train_pairs:
