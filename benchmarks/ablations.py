@@ -8,8 +8,8 @@ not change them, and its evaluation is the "full method" row. Each ablation is t
 pipeline with one config switch, run in ``--out/<name>`` and evaluated by the same evaluation
 step (same test split, judge, controls):
 
-  no_clinical_loss      VQ-GAN without Eq. 4's gradient and feature terms (``clinical=False``),
-                        then stage 1, stage 2 on its codes
+  no_clinical_loss      VQ-GAN without Eq. 4's gradient and feature terms (``clinical=False``; its
+                        decoder tuning too), then stage 1, stage 2 on its codes
   fixed_instructions    stage 2 with one fixed instruction per task (``sequence.fixed_instructions``)
   no_stage1             stage 2 straight from the text-pretrained LLM (no multimodal stage 1)
   no_recon              stage 1 and 2 without L_recon (``recon=0``)
@@ -52,11 +52,14 @@ def ablation_config(name: str, base: str, steps: int | None = None, model: str =
     p = full.pipeline
     s1_steps, s2_steps = p.stage1.total_steps, p.stage2.total_steps
     common = dict(runlocal=True, model=model, phi=f"{base}/cxr_encoder")
-    tok, text = f"{base}/vqgan", f"{base}/text_pretrain"
+    tok, text = f"{base}/vqgan_decoder", f"{base}/text_pretrain"
     pipeline = ml_collections.ConfigDict()
     if name == "no_clinical_loss":
         pipeline.vqgan = vqgan.config(runlocal=True, clinical=False, steps=p.vqgan.total_steps)
-        tok = "{workdir}/vqgan"
+        # The same decoder-tuning steps as the full method, with the same (non-clinical) loss.
+        pipeline.vqgan_decoder = vqgan.config(runlocal=True, clinical=False, decoder_of="{workdir}/vqgan",
+                                              steps=p.vqgan_decoder.total_steps)
+        tok = "{workdir}/vqgan_decoder"
     if name in ("no_clinical_loss", "no_recon", "no_anchor"):
         switches = {"no_recon": dict(recon=0.0), "no_anchor": dict(reg=0.0)}.get(name, {})
         pipeline.stage1 = stage1.config(text=text, tokenizer=tok, steps=s1_steps, **common, **switches)
@@ -78,7 +81,7 @@ def ablation_config(name: str, base: str, steps: int | None = None, model: str =
     config.stage = "pipeline"
     config.pipeline = pipeline
     # ConfigDict keys come back sorted: the pipeline order is spelled out.
-    config.order = tuple(k for k in ("vqgan", "stage1", "stage2", "evaluation") if k in pipeline)
+    config.order = tuple(k for k in ("vqgan", "vqgan_decoder", "stage1", "stage2", "evaluation") if k in pipeline)
     return config
 
 

@@ -1,6 +1,6 @@
 """The main job: the whole method at CPU size, trained AND evaluated, in subfolders of the workdir:
 
-  cxr_encoder -> judge -> vqgan -> text_pretrain -> stage1 -> stage2 -> evaluation
+  cxr_encoder -> judge -> vqgan -> vqgan_decoder -> text_pretrain -> stage1 -> stage2 -> evaluation
 
   python -m mavilt_jax.main --config=configs/demo.py --workdir=/tmp/mavilt
 
@@ -8,6 +8,10 @@
 - judge: a second classifier, trained separately (plain CNN, other seed), used ONLY to judge
   generated images (phi guided the tokenizer, so it cannot judge);
 - vqgan (the image tokenizer), text_pretrain, stage1, stage2: the method;
+- vqgan_decoder: the tokenizer's decoder tuned again with its codes fixed (encoder and codebook
+  frozen), without the feature term: Eq. 4's feature term with a well-trained phi makes the codes
+  carry the findings but pulls the drawing away from the radiographs' look; this step restores
+  the look (reconstruction FD) without touching what the codes carry;
 - evaluation: the final model on the held-out test split (seeds never seen in training, all 200
   studies) beside a constant-report control, a shuffled-image control and the ceilings
   (`mavilt_jax/evaluation/pipeline_eval.py`); writes results.json, report_card.md,
@@ -31,8 +35,8 @@ from configs import common, cxr_encoder, stage1, stage2, text_pretrain, vqgan
 BARS = {"ce_f1_micro": 0.80, "vqa_accuracy": 0.90, "vqa_auroc": 0.95, "judge_auroc": 0.90}
 
 # Steps of each training step: (default, long).
-STEPS = {"cxr_encoder": (300, 300), "judge": (1500, 3000), "vqgan": (500, 1500), "text_pretrain": (300, 300),
-         "stage1": (1000, 4000), "stage2": (1000, 4000)}
+STEPS = {"cxr_encoder": (3000, 3000), "judge": (1500, 3000), "vqgan": (500, 1500), "vqgan_decoder": (300, 300),
+         "text_pretrain": (300, 300), "stage1": (1000, 4000), "stage2": (1000, 4000)}
 
 
 def evaluation_config(*, model_step: str = "stage2", max_studies: int = 0,
@@ -71,10 +75,11 @@ def config(*, steps: int | None = None, model: str = "cpu", long: bool = False, 
     pipeline.cxr_encoder = cxr_encoder.config(runlocal=True, steps=n["cxr_encoder"])
     pipeline.judge = cxr_encoder.config(runlocal=True, independent=True, steps=n["judge"])
     pipeline.vqgan = vqgan.config(runlocal=True, phi=f"{root}/cxr_encoder", steps=n["vqgan"])
+    pipeline.vqgan_decoder = vqgan.config(runlocal=True, decoder_of=f"{root}/vqgan", steps=n["vqgan_decoder"])
     pipeline.text_pretrain = text_pretrain.config(runlocal=True, model=model, steps=n["text_pretrain"])
     pipeline.stage1 = stage1.config(runlocal=True, model=model, text=f"{root}/text_pretrain",
-                                    tokenizer=f"{root}/vqgan", phi=f"{root}/cxr_encoder", steps=n["stage1"])
-    pipeline.stage2 = stage2.config(runlocal=True, model=model, stage1=f"{root}/stage1", tokenizer=f"{root}/vqgan",
+                                    tokenizer=f"{root}/vqgan_decoder", phi=f"{root}/cxr_encoder", steps=n["stage1"])
+    pipeline.stage2 = stage2.config(runlocal=True, model=model, stage1=f"{root}/stage1", tokenizer=f"{root}/vqgan_decoder",
                                     phi=f"{root}/cxr_encoder", steps=n["stage2"])
     pipeline.evaluation = evaluation_config(max_studies=eval_studies, fast=fast_eval)
     # The reading curve (image_gain at every evaluation) needs ~100 validation studies to rise
@@ -86,7 +91,8 @@ def config(*, steps: int | None = None, model: str = "cpu", long: bool = False, 
     config = ml_collections.ConfigDict()
     config.stage = "pipeline"
     config.pipeline = pipeline
-    config.order = ("cxr_encoder", "judge", "vqgan", "text_pretrain", "stage1", "stage2", "evaluation")
+    config.order = ("cxr_encoder", "judge", "vqgan", "vqgan_decoder", "text_pretrain", "stage1", "stage2",
+                    "evaluation")
     return config
 
 

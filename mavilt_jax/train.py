@@ -206,6 +206,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
             state = state.replace(params=checkpointing.load_subtree(config.init_from, "params", abstract_state.params))
             if state.frozen is not None:
                 state = state.replace(frozen=checkpointing.load_subtree(config.init_from, "frozen", abstract_state.frozen))
+            state = jax.device_put(stage.continue_from(state, config.init_from), state_shardings)
         else:
             state = jax.device_put(stage.restore_pretrained(state), state_shardings)
     logging.info("Train state:\n%s", sharding.describe(state.params))

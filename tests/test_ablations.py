@@ -14,10 +14,13 @@ def test_ablation_switch_reaches_the_config(name):
     assert c.order[-1] == "evaluation" and p.evaluation.judge == "/base/judge"
     stage2 = p.stage2
     if name == "no_clinical_loss":
-        assert p.vqgan.loss.lambda_grad == 0.0 and p.vqgan.loss.lambda_feat == 0.0
-        assert stage2.tokenizer_checkpoint == "{workdir}/vqgan" and p.stage1.tokenizer_checkpoint == "{workdir}/vqgan"
+        for step in ("vqgan", "vqgan_decoder"):
+            assert p[step].loss.lambda_grad == 0.0 and p[step].loss.lambda_feat == 0.0, step
+        assert p.vqgan_decoder.init_from == "{workdir}/vqgan"
+        tok = "{workdir}/vqgan_decoder"
+        assert stage2.tokenizer_checkpoint == tok and p.stage1.tokenizer_checkpoint == tok
     else:
-        assert "vqgan" not in p and stage2.tokenizer_checkpoint == "/base/vqgan"
+        assert "vqgan" not in p and stage2.tokenizer_checkpoint == "/base/vqgan_decoder"
     if name == "no_recon":
         assert p.stage1.loss.lambda_recon == 0.0 and stage2.loss.lambda_recon == 0.0
     elif name == "no_anchor":

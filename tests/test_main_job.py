@@ -6,7 +6,7 @@ import json
 
 from PIL import Image
 
-STEPS = ("cxr_encoder", "judge", "vqgan", "text_pretrain", "stage1", "stage2", "evaluation")
+STEPS = ("cxr_encoder", "judge", "vqgan", "vqgan_decoder", "text_pretrain", "stage1", "stage2", "evaluation")
 
 
 def test_main_job_trains_then_evaluates_with_controls_and_ceilings(tiny_main_job):

@@ -88,7 +88,8 @@ SMOKE: dict[str, Smoke] = {
         variant="smoke", workdir="{job}", fixture=True, writes=(
             "{job}/results.json", "{job}/report_card.md", "{job}/image_grid.png", "{job}/sample_reports.md",
             "{job}/main.INFO",
-            *(f"{{job}}/{step}/result.json" for step in ("cxr_encoder", "vqgan", "text_pretrain", "stage1", "stage2")))),
+            *(f"{{job}}/{step}/result.json" for step in (
+                "cxr_encoder", "judge", "vqgan", "vqgan_decoder", "text_pretrain", "stage1", "stage2")))),
     "pytest -n": Smoke(skip="the README's test command is what runs this test"),
     "mavilt_jax.main --config=configs/cxr_encoder.py": Smoke(
         variant="steps=2", args=(*_FAST, "--config.batch_size=4"), writes=_TRAINED),

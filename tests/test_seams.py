@@ -3,6 +3,8 @@
 - text pretraining -> stage 1: the text rows kept exactly, the new rows by the configured rule of
   `extend_embeddings` (``code_embedding_init``), the anchor of Eq. 11 equal to the pretrained weights, the VQ-GAN (and phi)
   frozen and equal to their own stages' parameters, before and after training;
+- VQ-GAN -> decoder tuning -> stage 1: the tuned VQ-GAN keeps the encoder and codebook (so every
+  image's codes) and retrains the decoder; stage 1 uses the tuned one;
 - stage 1 -> stage 2 (``init_from``): the frozen arrays carried over as they are, the parameters
   within three Adam steps of stage 1's;
 - the training split encoded once before training with the VQ-GAN the step would use (stage 1:
@@ -90,7 +92,7 @@ def test_text_pretrain_to_stage1_handoff(job, tmp_path, compile_fast):
         np.testing.assert_array_equal(anchor[k], expected[k], err_msg=k)
 
     # The frozen VQ-GAN and phi are their stages' trained parameters, at the start and after training.
-    vqgan = checkpointing.load_subtree(str(job / "vqgan"), "params")
+    vqgan = checkpointing.load_subtree(str(job / "vqgan_decoder"), "params")
     phi = checkpointing.load_subtree(str(job / "cxr_encoder"), "params")
     _assert_trees_equal(state.frozen["vqgan"], vqgan, "frozen VQ-GAN at the start")
     _assert_trees_equal(state.frozen["phi"], phi, "frozen phi at the start")
@@ -100,8 +102,33 @@ def test_text_pretrain_to_stage1_handoff(job, tmp_path, compile_fast):
     _assert_trees_equal(trained["anchor"], state.frozen["anchor"], "anchor after stage 1")
 
 
+def test_decoder_tuning_keeps_the_codes_and_retrains_the_drawing(job):
+    before = _tree_arrays(checkpointing.load_subtree(str(job / "vqgan"), "params"))
+    after = _tree_arrays(checkpointing.load_subtree(str(job / "vqgan_decoder"), "params"))
+    assert before.keys() == after.keys()
+    kept = [k for k in before if k.startswith("['encoder']") or k.startswith("['quantizer']['codebook']")
+            or k.startswith("['quantizer']['proj_in']")]
+    assert kept and len(kept) < len(before)
+    for k in kept:
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+    moved = [k for k in before if k.startswith("['decoder']") and not np.array_equal(after[k], before[k])]
+    assert moved, "decoder tuning left the decoder as it was"
+    # Same codes for an image, through the tokenizer tool on each workdir.
+    cfg, params = vqgan_model.load_vqgan(str(job / "vqgan"))
+    _, tuned = vqgan_model.load_vqgan(str(job / "vqgan_decoder"))
+    model = vqgan_model.VQGAN(cfg)
+    image = vqgan_model.to_model_range(phantoms.generate_study(5, 0, resolution=cfg.image_size)["image"][None, ..., None])
+    np.testing.assert_array_equal(model.apply({"params": tuned}, image, method="encode"),
+                                  model.apply({"params": params}, image, method="encode"))
+    # The run continued the earlier one: its config names it, with the same phi.
+    config = checkpointing.read_workdir_config(str(job / "vqgan_decoder"))
+    assert config["init_from"].endswith("/vqgan") and config["quantizer_restart"]["every"] == 0
+    assert config["phi"]["checkpoint"] == checkpointing.read_workdir_config(str(job / "vqgan"))["phi"]["checkpoint"]
+
+
 def _codebook(job) -> np.ndarray:
-    return np.asarray(checkpointing.load_subtree(str(job / "vqgan"), "params")["quantizer"]["codebook"], np.float64)
+    return np.asarray(checkpointing.load_subtree(str(job / "vqgan_decoder"), "params")["quantizer"]["codebook"],
+                      np.float64)
 
 
 def _assert_new_rows(state, text, layout, init, codebook: np.ndarray) -> None:
@@ -186,7 +213,7 @@ def test_training_split_is_encoded_once_by_the_steps_vqgan(job, tmp_path, compil
         study = phantoms.generate_study(5, i, resolution=R)
         studies.append({**study, "image": study["image"][..., None]})
     if step == "stage1":
-        expected = checkpointing.load_subtree(str(job / "vqgan"), "params")
+        expected = checkpointing.load_subtree(str(job / "vqgan_decoder"), "params")
     else:
         # Stage 2's step uses the VQ-GAN in stage 1's frozen arrays, whatever its tokenizer
         # workdir holds: a different VQ-GAN there must not reach the codes.
@@ -213,6 +240,7 @@ def test_training_split_is_encoded_once_by_the_steps_vqgan(job, tmp_path, compil
 
 def test_every_stage_evaluates_and_samples_in_the_loop(job):
     expected_eval = {"cxr_encoder": {"loss"}, "judge": {"loss"}, "vqgan": {"psnr", "ssim", "l1"},
+                     "vqgan_decoder": {"psnr", "ssim", "l1"},
                      "text_pretrain": {"task_loss", "text_ce"}, "stage1": {"task_loss", "text_ce", "image_ce"},
                      "stage2": {"task_loss", "text_ce", "image_ce"}}
     for name, keys in expected_eval.items():
@@ -222,7 +250,7 @@ def test_every_stage_evaluates_and_samples_in_the_loop(job):
         if name in ("cxr_encoder", "judge"):  # periodic_eval: per-finding AUROC in [0, 1]
             auroc = json.loads((job / name / f"auroc_{step}.json").read_text())
             assert auroc and all(0.0 <= v <= 1.0 for v in auroc.values()), name
-        elif name == "vqgan":  # periodic_eval: true | reconstruction grid
+        elif name.startswith("vqgan"):  # periodic_eval: true | reconstruction grid
             assert (job / name / "samples" / f"reconstructions_{step}.png").stat().st_size > 0
         else:  # periodic_eval: greedy samples of the LLM
             samples = (job / name / "samples" / f"step_{step}.txt").read_text()

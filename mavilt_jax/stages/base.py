@@ -22,7 +22,10 @@ Contract (all functions are pure and traceable unless stated otherwise):
   every loss term by name (the loop names the first non-finite one when it stops a run).
 - ``eval_step(state, batch)`` -> measurements averaged by the loop over the validation split.
 - ``restore_pretrained(state)``: host code, called once after a fresh init when no checkpoint
-  exists in the workdir; imports pretrained weights or a previous stage's checkpoint.
+  exists in the workdir and no ``init_from`` is given; imports pretrained weights or a previous
+  stage's checkpoint.
+- ``continue_from(state, workdir)``: host code, called instead when ``init_from`` is given, after
+  the loop took its ``params`` and ``frozen``; a stage may take more of that run from it.
 - ``periodic_eval(state, writer, step, workdir)``: host code for samples (images, reports).
 """
 
@@ -151,6 +154,11 @@ class Stage(abc.ABC):
     # ---- host hooks ---------------------------------------------------------------------------
     def restore_pretrained(self, state: TrainState) -> TrainState:
         """Fills ``state`` from pretrained weights or a previous stage; identity by default."""
+        return state
+
+    def continue_from(self, state: TrainState, workdir: str) -> TrainState:
+        """``state`` (params and frozen arrays already from ``workdir``) with more of that run
+        (`extra`); identity by default."""
         return state
 
     def periodic_eval(self, state: TrainState, writer: Any, step: int, workdir: str) -> None:

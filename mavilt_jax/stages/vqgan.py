@@ -9,6 +9,12 @@ One jitted step updates both players:
 Dead codes are restarted inside the step: ``extra["code_ema"]`` tracks how often each code is
 chosen; every ``restart_every`` steps codes below ``restart_threshold`` are replaced by random
 encoder outputs of the batch (in the lookup space).
+
+Decoder tuning (``config.init_from``, `configs/vqgan.py`'s ``decoder_of=DIR``): the run starts from
+another VQ-GAN's generator and discriminator; with the encoder and codebook frozen
+(``optimizer.freeze_patterns``, restarts off) the codes of every image stay those of ``DIR`` and
+only the drawing from them is trained again, with its own loss weights. This separates what the
+codes carry (set by a strongly weighted feature term) from how faithfully they are drawn.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ class VQGANStage(Stage):
             else:
                 raise ValueError("loss.lambda_feat > 0 needs phi.checkpoint (a trained CXR encoder workdir)")
         self.phi = cxr_encoder.CxrEncoder(phi_cfg) if phi_cfg else None
-        if self.lambda_grad and not self.lambda_feat:
+        if self.lambda_grad and not self.lambda_feat and not config.get("init_from"):
             # configs/vqgan.py turns the feature term off when no phi is given: say so, since the
             # tokenizer then trains without part of Eq. 4 (the ablation turns both terms off).
             progress.show("vqgan: Eq. 4's feature term is off (loss.lambda_feat = 0); give phi=DIR, a trained "
@@ -103,6 +109,19 @@ class VQGANStage(Stage):
         _, phi_params = cxr_encoder.load_cxr_encoder(self.config.phi.checkpoint)
         logging.info("Loaded frozen phi from %s.", self.config.phi.checkpoint)
         return state.replace(frozen={"phi": phi_params})
+
+    def continue_from(self, state: TrainState, workdir: str) -> TrainState:
+        """After the loop took the generator and phi of ``workdir`` (``init_from``): its
+        discriminator and code statistics too, so the adversarial game resumes where it was."""
+        saved = checkpointing.read_workdir_config(workdir)
+        if vqgan.vqgan_config(saved["model"]) != self.model_config:
+            raise ValueError(f"init_from {workdir!r}: its VQ-GAN differs from config.model")
+        if self.phi is not None and saved.get("phi", {}).get("checkpoint") != self.config.phi.checkpoint:
+            # The loop takes phi from init_from's frozen arrays; a different phi.checkpoint would be dropped.
+            raise ValueError(f"phi.checkpoint {self.config.phi.checkpoint!r} differs from the phi of init_from "
+                             f"{workdir!r} ({saved.get('phi', {}).get('checkpoint')!r}), whose frozen phi is used")
+        extra = checkpointing.load_subtree(workdir, "extra", jax.eval_shape(lambda: state.extra))
+        return state.replace(extra={**state.extra, "disc_params": extra["disc_params"], "code_ema": extra["code_ema"]})
 
     # ---- losses -------------------------------------------------------------------------------
     def _phi_features(self, phi_params, images: jax.Array) -> list[jax.Array]:
