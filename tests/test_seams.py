@@ -120,10 +120,12 @@ def test_decoder_tuning_keeps_the_codes_and_retrains_the_drawing(job):
     image = vqgan_model.to_model_range(phantoms.generate_study(5, 0, resolution=cfg.image_size)["image"][None, ..., None])
     np.testing.assert_array_equal(model.apply({"params": tuned}, image, method="encode"),
                                   model.apply({"params": params}, image, method="encode"))
-    # The run continued the earlier one: its config names it, with the same phi.
+    # The run continued the earlier one: its config names it; the feature term is off, so no phi
+    # is read (the earlier run's had one).
     config = checkpointing.read_workdir_config(str(job / "vqgan_decoder"))
     assert config["init_from"].endswith("/vqgan") and config["quantizer_restart"]["every"] == 0
-    assert config["phi"]["checkpoint"] == checkpointing.read_workdir_config(str(job / "vqgan"))["phi"]["checkpoint"]
+    assert config["loss"]["lambda_feat"] == 0.0 and config["phi"]["checkpoint"] == ""
+    assert checkpointing.read_workdir_config(str(job / "vqgan"))["phi"]["checkpoint"].endswith("/cxr_encoder")
 
 
 def _codebook(job) -> np.ndarray:

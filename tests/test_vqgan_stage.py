@@ -233,3 +233,49 @@ def test_the_default_without_phi_says_the_feature_term_is_off(capsys):
     vqgan_stage.VQGANStage(_config(lambda_feat=0.1))
     vqgan_stage.VQGANStage(vqgan_config.config(runlocal=True, clinical=False))
     assert "feature term" not in capsys.readouterr().out
+
+
+def test_decoder_tuning_continues_a_run_with_its_codes_fixed(tmp_path):
+    from mavilt_jax import checkpointing, train
+
+    def run(config, workdir, steps):
+        config.stage = "test_vqgan_stage:InMemoryVQGANStage"
+        config.update(total_steps=steps, batch_size=4, log_every_steps=steps, eval_every_steps=steps, num_samples=2)
+        config.checkpoint.update(every_steps=steps, async_save=False)
+        return train.train_and_evaluate(config, str(workdir))
+
+    first = tmp_path / "vqgan"
+    run(_config(gan_weight=0.1, disc_start=0), first, 3)
+    tuned = vqgan_config.config(runlocal=True, decoder_of=str(first))
+    # The variant's switches, on this test's small shapes (and its GAN weight, restarts off already).
+    config = _config(gan_weight=0.1, disc_start=0)
+    config.update(init_from=tuned.init_from)
+    config.optimizer.freeze_patterns = tuned.optimizer.freeze_patterns
+    assert tuned.quantizer_restart.every == 0 and tuned.loss.disc_start == 0 and tuned.loss.lambda_feat == 0.0
+
+    # The state the loop starts from: the first run's generator, discriminator and code statistics.
+    stage = InMemoryVQGANStage(config)
+    state = stage.init_state(jax.random.key(1))
+    state = state.replace(params=checkpointing.load_subtree(str(first), "params"))
+    started = stage.continue_from(state, str(first))
+    saved_extra = checkpointing.load_subtree(str(first), "extra")
+    for key in ("disc_params", "code_ema"):
+        jax.tree.map(np.testing.assert_array_equal, started.extra[key], saved_extra[key])
+
+    second = tmp_path / "decoder"
+    run(config, second, 3)
+    before = checkpointing.load_subtree(str(first), "params")
+    after = checkpointing.load_subtree(str(second), "params")
+    jax.tree.map(np.testing.assert_array_equal, after["encoder"], before["encoder"])
+    for key in ("codebook", "proj_in"):
+        jax.tree.map(np.testing.assert_array_equal, after["quantizer"][key], before["quantizer"][key])
+    changed = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, b), after["decoder"], before["decoder"]))
+    assert all(changed), "every decoder parameter gets updates"
+
+    # A VQ-GAN of another shape cannot be continued; a phi without the feature term is refused.
+    other = _config()
+    other.model.codebook_size = 16
+    with pytest.raises(ValueError, match="differs from config.model"):
+        InMemoryVQGANStage(other).continue_from(InMemoryVQGANStage(other).init_state(jax.random.key(0)), str(first))
+    with pytest.raises(ValueError, match="phi= is used only with the feature term"):
+        vqgan_config.config(runlocal=True, decoder_of=str(first), phi="/phi")
