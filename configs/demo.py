@@ -36,7 +36,7 @@ BARS = {"ce_f1_micro": 0.80, "vqa_accuracy": 0.90, "vqa_auroc": 0.95, "judge_aur
 
 # Steps of each training step: (default, long).
 STEPS = {"cxr_encoder": (3000, 3000), "judge": (1500, 3000), "vqgan": (500, 1500), "vqgan_decoder": (300, 300),
-         "text_pretrain": (300, 300), "stage1": (1000, 4000), "stage2": (1000, 4000)}
+         "text_pretrain": (300, 300), "stage1": (1000, 4000), "stage2": (2000, 4000)}
 
 
 def evaluation_config(*, model_step: str = "stage2", max_studies: int = 0,

@@ -5,9 +5,9 @@
 Variants (comma-separated): ``runlocal`` (CPU, 64 px, tiny channels); ``res=128``; ``phi=DIR`` (the
 trained CXR encoder workdir, needed when lambda_feat > 0); ``clinical=False`` (the ablation:
 lambda_grad = lambda_feat = 0, plain L1 + VQ + GAN); ``steps=N``; ``codebook=K``;
-``decoder_of=DIR`` (decoder tuning: start from the VQ-GAN trained in DIR, with the same phi, keep
-its encoder and codebook, hence its codes, and train the decoder again without the feature term,
-unless ``feat=W`` is given); ``feat=W`` (lambda_feat).
+``decoder_of=DIR`` (decoder tuning: start from the VQ-GAN trained in DIR, keep its encoder and
+codebook, hence its codes, and train the decoder again without the feature term; with ``feat=W``
+the term stays at W and ``phi=`` must name DIR's phi); ``feat=W`` (lambda_feat).
 """
 
 from __future__ import annotations
