@@ -56,9 +56,24 @@ def counter() -> CompileCounter:
     return COUNTER
 
 
+def torch_device() -> str:
+    """Where the torch reference runs: the GPU when JAX runs on one too (a GPU step against a CPU
+    one would be no comparison), else the CPU."""
+    import torch
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
 def block(x: Any) -> Any:
-    """Waits for JAX arrays (torch calls are synchronous on CPU)."""
-    return jax.block_until_ready(x)
+    """Waits for JAX arrays, and for queued CUDA work of the torch reference (its CPU calls are
+    synchronous)."""
+    x = jax.block_until_ready(x)
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return x
 
 
 def median_seconds(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, float]:

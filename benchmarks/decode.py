@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import Row, median_seconds
+from benchmarks.common import Row, median_seconds, torch_device
 from mavilt_jax import sampling
 from mavilt_jax.data.vocab import VocabLayout
 from mavilt_jax.models import llm, pretrained
@@ -61,7 +61,7 @@ def hf_model(config: llm.LLMConfig, params: dict):
     model.load_state_dict(state, strict=False)
     model.tie_weights()
     model.generation_config.pad_token_id = LAYOUT.pad_id
-    return model
+    return model.to(torch_device())
 
 
 def _ours(params, config, tokens, lengths, sampler, guided):
@@ -74,7 +74,7 @@ def _ours(params, config, tokens, lengths, sampler, guided):
 def _theirs(model, tokens, new, **kwargs):
     import torch
 
-    ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
+    ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=model.device)
 
     def call():
         with torch.inference_mode():
@@ -140,7 +140,8 @@ def _image_rows(config, params, model, rng, repeats, variants) -> Iterator[Row]:
 
             kwargs = dict(do_sample=True, top_k=100)
             if guided:
-                kwargs.update(guidance_scale=scale, negative_prompt_ids=torch.as_tensor(uncond[None, -1:], dtype=torch.long))
+                kwargs.update(guidance_scale=scale, negative_prompt_ids=torch.as_tensor(uncond[None, -1:], dtype=torch.long,
+                                                                                    device=model.device))
             calls["generate"] = _theirs(model, report[None], new, **kwargs)
         secs = median_seconds(calls, repeats)
         for who, sec in secs.items():

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.common import Row, llama_train_flops, median_seconds
+from benchmarks.common import Row, llama_train_flops, median_seconds, torch_device
 from mavilt_jax.models import llm
 
 # (name, config, batch, sequence): the demo pipeline's stage-1 shape (model "cpu", 2 x 8 sequences
@@ -72,10 +72,11 @@ def torch_step(cfg: llm.LLMConfig, tokens: np.ndarray):
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
         head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta,
         tie_word_embeddings=cfg.tie_embeddings, max_position_embeddings=max(2048, tokens.shape[1]))
-    model = transformers.LlamaForCausalLM(hf).train()
+    device = torch_device()
+    model = transformers.LlamaForCausalLM(hf).train().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    inputs = torch.as_tensor(tokens[:, :-1], dtype=torch.long)
-    targets = torch.as_tensor(tokens[:, 1:], dtype=torch.long)
+    inputs = torch.as_tensor(tokens[:, :-1], dtype=torch.long, device=device)
+    targets = torch.as_tensor(tokens[:, 1:], dtype=torch.long, device=device)
 
     def call():
         opt.zero_grad(set_to_none=True)
