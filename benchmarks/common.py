@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -68,10 +69,8 @@ def block(x: Any) -> Any:
     """Waits for JAX arrays, and for queued CUDA work of the torch reference (its CPU calls are
     synchronous)."""
     x = jax.block_until_ready(x)
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+    torch = sys.modules.get("torch")  # imported only by the sections with a torch reference
+    if torch is not None and torch.cuda.is_initialized():
         torch.cuda.synchronize()
     return x
 

@@ -93,12 +93,10 @@ SMOKE: dict[str, Smoke] = {
     "pytest -n": Smoke(skip="the README's test command is what runs this test"),
     "mavilt_jax.main --config=configs/cxr_encoder.py": Smoke(
         variant="steps=2", args=(*_FAST, "--config.batch_size=4"), writes=_TRAINED),
-    "mavilt_jax.main --config=configs/vqgan.py": (
-        Smoke(when="phi=", variant="steps=2", args=(*_FAST, "--config.batch_size=2", "--config.num_samples=2"),
-              job=True, writes=_TRAINED),
-        # Decoder tuning of the tiny main job's VQ-GAN.
-        Smoke(when="decoder_of=", variant="steps=2", args=(*_FAST, "--config.batch_size=2", "--config.num_samples=2"),
-              job=True, writes=_TRAINED)),
+    # The VQ-GAN, and the decoder tuning of the tiny main job's VQ-GAN.
+    "mavilt_jax.main --config=configs/vqgan.py": tuple(
+        Smoke(when=when, variant="steps=2", args=(*_FAST, "--config.batch_size=2", "--config.num_samples=2"),
+              job=True, writes=_TRAINED) for when in ("phi=", "decoder_of=")),
     "mavilt_jax.main --config=configs/tokenizer.py": Smoke(  # the VQ-GAN config's name before issue 9's rename
         variant="steps=2", args=(*_FAST, "--config.batch_size=2", "--config.num_samples=2"), job=True,
         writes=_TRAINED),
