@@ -25,6 +25,7 @@ continued after an interruption. Prints the table and writes ``--out/ablations.j
 
 from __future__ import annotations
 
+import copy
 import json
 import pathlib
 import sys
@@ -73,6 +74,11 @@ def ablation_config(name: str, base: str, steps: int | None = None, model: str =
                                         **{"text_checkpoint": text})
     else:
         raise ValueError(f"unknown ablation {name!r}; known: {', '.join(ABLATIONS)}")
+    # The arms read the full method's training studies and validate as it does (configs/demo.py).
+    for stage in ("stage1", "stage2"):
+        if stage in pipeline:
+            pipeline[stage].data = copy.deepcopy(p[stage].data)
+            pipeline[stage].eval_max_batches = p[stage].eval_max_batches
     pipeline.evaluation = demo.evaluation_config(max_studies=8 if smoke else 0, fast=smoke or not full_eval)
     pipeline.evaluation.judge = f"{base}/judge"
     if smoke:

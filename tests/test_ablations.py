@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import ablations
+from configs import demo
 
 
 @pytest.mark.parametrize("name", ablations.ABLATIONS)
@@ -34,6 +35,13 @@ def test_ablation_switch_reaches_the_config(name):
         assert stage2.init_from == "/base/stage1"
     else:
         assert stage2.init_from == "{workdir}/stage1" and p.stage1.text_checkpoint == "/base/text_pretrain"
+
+    # Every arm reads the full method's training studies and validates as it does.
+    full = demo.config().pipeline
+    for step in ("stage1", "stage2"):
+        if step in p:
+            assert p[step].data.to_dict() == full[step].data.to_dict(), step
+            assert p[step].eval_max_batches == full[step].eval_max_batches == 16, step
 
     # The smoke variant (what CI runs) compiles as the main job's smoke does; the real one optimises.
     smoke = ablations.ablation_config(name, "/base", smoke=True).pipeline

@@ -59,6 +59,12 @@ def test_demo_variants():
     c = demo.get_config("model=cpu")
     assert c.pipeline.stage2.model.hidden_size == common.LLM_SIZES["cpu"]["hidden_size"]
     assert c.pipeline.stage2.init_from == "{workdir}/stage1"
+    # Stages 1-2 of the main job read the 20,000-study build, the rest (and every smoke run) r64's.
+    for variant, large in (("model=cpu", True), ("steps=3,model=tiny", True), ("smoke", False)):
+        p = demo.get_config(variant).pipeline
+        names = {s: p[s].data.builder_config for s in ("cxr_encoder", "judge", "vqgan", "stage1", "stage2")}
+        assert names == dict(cxr_encoder="r64", judge="r64", vqgan="r64", stage1="r64_large" if large else "r64",
+                             stage2="r64_large" if large else "r64"), variant
 
 
 def test_one_tiny_size():

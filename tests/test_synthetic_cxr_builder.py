@@ -8,6 +8,7 @@ import tensorflow_datasets as tfds
 
 from mavilt_jax.data import phantoms
 from tfds_builders.synthetic_cxr import SyntheticCxr, SyntheticCxrConfig
+from tfds_builders.synthetic_cxr import synthetic_cxr_dataset_builder as builder_module
 from tfds_builders.synthetic_cxr.synthetic_cxr_dataset_builder import SPLIT_SEEDS
 
 
@@ -28,6 +29,24 @@ def test_counts_format_and_configs(built):
     assert {"r64_small", "r128", "r128_small", "r256"} <= set(configs)
     r128 = configs["r128"]
     assert (r128.resolution, r128.num_train, r128.num_validation, r128.num_test) == (128, 2000, 200, 200)
+
+
+def test_the_large_build_evaluates_on_the_same_studies_as_r64(tmp_path, monkeypatch):
+    """r64_large (the main job's stages 1-2) adds training studies only: its validation and test
+    splits are r64's, study for study, so results on either build compare; its first training
+    studies are r64's too. Read from the builders' example generators (nothing is built)."""
+    configs = {c.name: c for c in SyntheticCxr.BUILDER_CONFIGS}
+    large, r64 = configs["r64_large"], configs["r64"]
+    assert (large.resolution, large.num_train, large.num_validation, large.num_test) == (64, 20000, 200, 200)
+    monkeypatch.setattr(builder_module.os, "cpu_count", lambda: 1)  # generate in this process
+    builders = [SyntheticCxr(config=name, data_dir=tmp_path, file_format="array_record") for name in ("r64_large", "r64")]
+    for split, n in (("validation", 3), ("test", 3), ("train", 2)):
+        first = [[example for example, _ in zip(b._generate_examples(split), range(n))] for b in builders]
+        assert [k for k, _ in first[0]] == [k for k, _ in first[1]] == [
+            phantoms.study_id(SPLIT_SEEDS[split], i) for i in range(n)]
+        for (_, a), (_, b) in zip(*first):
+            assert a["image"] == b["image"] and a["findings"] == b["findings"]
+    assert large.split_size("test") == r64.split_size("test") and large.split_size("validation") == r64.split_size("validation")
 
 
 def test_decoded_examples_equal_the_generator(built):
