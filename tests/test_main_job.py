@@ -45,5 +45,6 @@ def test_main_job_terminal_shows_progress_not_library_logs(tiny_main_job):
     assert lines[-1].startswith("pipeline finished:")
     both = out + tiny_main_job["stderr"]
     assert "orbax" not in both and "checkpoint_manager" not in both  # library INFO goes to the log file
+    assert "Downloading and preparing" not in both  # TFDS's print when a dataset is first built
     assert "CheckpointManager" in (tiny_main_job["workdir"] / "main.INFO").read_text()
     assert len(lines) < 150

@@ -136,6 +136,10 @@ def test_two_processes_preparing_one_dataset_take_turns(tmp_path):
     for p, text in zip(procs, texts):
         assert p.returncode == 0, text[-3000:]
         assert "Waiting for another process to finish building synthetic_cxr/r32_tiny" in text
+    # The one that builds says so on the terminal; TFDS's own "Downloading and preparing" print does not reach it.
+    built = [t for t in texts if "generating synthetic_cxr/r32_tiny" in t]
+    assert len(built) == 1 and "generated synthetic_cxr/r32_tiny in " in built[0], texts
+    assert not any("Downloading and preparing" in t for t in texts)
     counts = [next(line for line in t.splitlines() if line.startswith("EXAMPLES")) for t in texts]
     assert counts[0] == counts[1] and counts[0].startswith("EXAMPLES 16 ")  # r32_tiny: 16 train studies
     assert not [d for d in os.listdir(os.path.dirname(target)) if "incomplete" in d]

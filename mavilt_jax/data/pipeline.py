@@ -15,9 +15,12 @@ yield the same number of batches, so a jitted multi-host eval step never waits o
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+import io
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -26,7 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
 
-from mavilt_jax import locks
+from mavilt_jax import locks, progress
 
 Example = Mapping[str, Any]
 Preprocess = Callable[[Example, np.random.Generator], dict[str, np.ndarray]]
@@ -101,8 +104,14 @@ def load_source(
 def _prepare(builder: tfds.core.DatasetBuilder, full_name: str, manual_dir: str | None) -> None:
     """Builds a dataset that is not prepared yet: generated, or read from ``manual_dir``."""
     if manual_dir is None:
-        logging.info("Preparing %s in %s (first use).", full_name, builder.data_dir)
-        builder.download_and_prepare(file_format="array_record")
+        progress.show(f"generating {full_name} in {builder.data_dir} (first use)")
+        started = time.monotonic()
+        # TFDS prints its "Downloading and preparing ..." lines on stdout: they go to the log.
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            builder.download_and_prepare(file_format="array_record")
+        for line in printed.getvalue().splitlines():
+            logging.info("%s", line)
+        progress.show(f"generated {full_name} in {progress.format_duration(time.monotonic() - started)}")
     else:
         logging.info("Building %s from %s.", full_name, manual_dir)
         builder.download_and_prepare(
