@@ -67,7 +67,7 @@ class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
         _config("r64_small", 64, (256, 32, 32)),
         _config("r64", 64, (2000, 200, 200)),
         # The same validation and test studies as r64 (each split has its own seed), ten times the
-        # training studies: the LLM of stages 1-2 memorises 2,000 studies within its steps.
+        # training studies (the main job's stages 1-2 and the readers fitted on the training split).
         _config("r64_large", 64, (20000, 200, 200)),
         _config("r128_small", 128, (256, 32, 32)),
         _config("r128", 128, (2000, 200, 200)),
