@@ -86,12 +86,11 @@ def config(*, steps: int | None = None, model: str = "cpu", long: bool = False, 
     # drawing generalises better (stage-2 validation image CE 1.068 against 1.134 on r64's 2,000),
     # and the evaluation's linear reader of the codes, fitted on the training split, needs them to
     # show what the codes carry (CE F1 0.754 against 0.691 when fitted on 2,000).
-    for name in ("stage1", "stage2"):
-        if not smoke:
-            pipeline[name].data.builder_config = "r64_large"
     # The reading curve (image_gain at every evaluation) needs ~100 validation studies to rise
     # above its noise; the stage configs' runlocal default (2 batches, 16 studies) does not.
     for name in ("stage1", "stage2"):
+        if not smoke:
+            pipeline[name].data.builder_config = "r64_large"
         pipeline[name].eval_max_batches = 2 if smoke else 16
     if smoke:
         smoke_settings(pipeline)
