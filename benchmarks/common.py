@@ -116,22 +116,3 @@ def llama_train_flops(*, n_params_matmul: int, layers: int, seq: int, d_attn: in
     parameters N (embedding gather excluded, LM head included) plus 12 L T d_attn per token for
     the attention scores and values (d_attn = heads x head_dim), causal masking not discounted."""
     return tokens * (6.0 * n_params_matmul + 12.0 * layers * seq * d_attn)
-
-
-def malloc_library() -> str:
-    """The C allocator of this process: a caching one preloaded (tcmalloc, jemalloc) or glibc's.
-
-    It matters on CPU: XLA allocates a step's temporaries afresh on every call, and glibc's malloc
-    maps buffers over 32 MiB anew each time, so every page faults again (about 400,000 faults per
-    d512 train step here, 20 % of its time); a caching allocator keeps them mapped.
-    """
-    try:
-        with open("/proc/self/maps") as f:
-            maps = f.read()
-    except OSError:
-        return "unknown"
-    for name in ("tcmalloc", "jemalloc", "mimalloc"):
-        if f"lib{name}" in maps:
-            return name
-    return "glibc malloc"
-

@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     from benchmarks import common
+    from mavilt_jax import allocator
 
     counter = common.counter()
     device = jax.devices()[0]
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"device": f"{device.platform} {kind} x{jax.device_count()}", "cpus": os.cpu_count(),
             "load_average_at_start": os.getloadavg(), "jax": jax.__version__, "python": platform.python_version(),
             "repeats": args.repeats, "sections": args.only, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "malloc": common.malloc_library()}
+            "malloc": allocator.in_use()}
     print(f"device {meta['device']}, {meta['cpus']} CPUs, load average {meta['load_average_at_start']}, "
           f"allocator {meta['malloc']}", flush=True)
     limits: dict[str, float] = {}

@@ -21,7 +21,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mavilt_jax import cli, prerequisites
+from mavilt_jax import allocator, cli, prerequisites
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file (path[:variant]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
@@ -32,6 +32,9 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     "heartbeat_timeout_seconds", 100, "Several processes: one silent this long counts as dead and JAX stops the others.")
+_ALLOCATOR = flags.DEFINE_enum(
+    "allocator", "auto", ["auto", "system"],
+    "auto: restart with tcmalloc preloaded when the system has it (about 2x faster CPU steps); system: the C library's malloc.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -74,6 +77,8 @@ def main(argv: list[str]) -> None:
         prerequisites.check(_CONFIG.value, _WORKDIR.value, runlocal="runlocal" in variant.split(","))
     except prerequisites.MissingPrerequisite as e:
         cli.usage_exit(str(e))
+    # Before anything else runs: the restart (os.execve) starts the process over.
+    malloc = allocator.restart_with_tcmalloc() if _ALLOCATOR.value == "auto" else allocator.in_use()
     _log_to_file(_WORKDIR.value)
     if _want_distributed():
         # CPU devices exchange collectives over gloo (no effect on TPU/GPU devices).
@@ -81,6 +86,12 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                    heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value)
     logging.info("Process %d of %d.", jax.process_index(), jax.process_count())
+    from mavilt_jax import progress
+
+    if jax.default_backend() == "cpu":
+        why = {"auto": " (no tcmalloc found; Debian: libtcmalloc-minimal4, see README)",
+               "system": " (--allocator=system)"}[_ALLOCATOR.value] if malloc == "glibc malloc" else ""
+        progress.show(f"C allocator: {malloc}{why}")
 
     from mavilt_jax import checkpointing, locks, train  # after distributed initialisation: it creates devices lazily
     from mavilt_jax.stages.base import StageDataError

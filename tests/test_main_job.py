@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 
 from PIL import Image
+
+from mavilt_jax.allocator import TCMALLOC_PATHS
+
+TCMALLOC = TCMALLOC_PATHS[0]  # Debian's, where CI installs it
 
 STEPS = ("cxr_encoder", "judge", "vqgan", "vqgan_decoder", "text_pretrain", "stage1", "stage2", "evaluation")
 
@@ -48,3 +53,7 @@ def test_main_job_terminal_shows_progress_not_library_logs(tiny_main_job):
     assert "Downloading and preparing" not in both  # TFDS's print when a dataset is first built
     assert "CheckpointManager" in (tiny_main_job["workdir"] / "main.INFO").read_text()
     assert len(lines) < 150
+    # The job restarts itself with tcmalloc where the system has it (mavilt_jax.allocator).
+    expected = "tcmalloc" if os.path.exists(TCMALLOC) else "glibc malloc"
+    assert sum(line.startswith("C allocator: ") for line in lines) == 1
+    assert f"C allocator: {expected}" in out

@@ -33,6 +33,7 @@ import collections
 import dataclasses
 import hashlib
 import json
+import os
 import pathlib
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +42,11 @@ import ml_collections
 import numpy as np
 
 from mavilt_jax.evaluation import records as records_lib
+
+# Processes fitting the code probe's and the code reader's regressions (fitted on the whole
+# training split, they were a third of the demo's evaluation on one core; the rest of the
+# evaluation waits for them).
+PROBE_JOBS = min(os.cpu_count() or 1, 8)
 
 # The figures of the summary table: (row key in results, label, path into a task's results).
 SUMMARY_COLUMNS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -243,7 +249,8 @@ def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.Con
                                       for i in range(0, len(train_images), 64)])
         results["ceiling_code_probe"] = probe.code_probe(
             train_codes, np.stack([np.asarray(e["labels"]) for e in train_examples]), codes,
-            np.stack([np.asarray(e["labels"]) for e in examples]), generator.layout.codebook_size)
+            np.stack([np.asarray(e["labels"]) for e in examples]), generator.layout.codebook_size,
+            n_jobs=PROBE_JOBS)
         progress("evaluation: ceiling, a reader of the VQ-GAN codes (reports' labels and VQA answers)")
         results["ceiling_code_reader"] = code_reader_ceiling(
             generator, train_examples, train_codes, examples, codes, records, cfg)
@@ -289,7 +296,7 @@ def code_reader_ceiling(generator, train_examples: Sequence[Mapping], train_code
     index = {sequences.as_text(e.get("study_id")): i for i, e in enumerate(examples)}
     train_refs = labeler.label_reports([generator.builder.report_text(e) for e in train_examples])
     written = probe.probe_report_labels(train_codes, clinical.binarise(train_refs, cfg.uncertain), codes,
-                                        generator.layout.codebook_size, seed=cfg.seed)
+                                        generator.layout.codebook_size, seed=cfg.seed, n_jobs=PROBE_JOBS)
     reports = [r for r in records if r["task"] == "report_generation"]
     ref_labels = np.asarray([r["reference_labels"] if r.get("reference_labels") is not None
                              else labeler.label_report(r["reference"]) for r in reports], np.int8)
@@ -299,7 +306,7 @@ def code_reader_ceiling(generator, train_examples: Sequence[Mapping], train_code
     questions = [r for r in records if r["task"] == "vqa"]
     answers = probe.probe_vqa_answers(train_codes, train_pairs, codes,
                                       [(index[r["study_id"]], r["question"]) for r in questions],
-                                      generator.layout.codebook_size)
+                                      generator.layout.codebook_size, n_jobs=PROBE_JOBS)
     vqa_records = [{**r, "prediction": a, "p_yes": p} for r, (a, p) in zip(questions, answers, strict=True)]
     return {"report_generation": {"n_studies": len(reports),
                                   "clinical_efficacy": suite.score_clinical_efficacy(ref_labels, gen_labels, cfg)},
