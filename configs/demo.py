@@ -20,7 +20,7 @@
 Each step resumes (or skips, when finished) what an earlier call left in its subfolder, so the
 command can be rerun after an interruption. ``{workdir}`` in a path is the demo's workdir.
 Variants: ``steps=N`` (every training step's length, for a smoke run); ``model=tiny|cpu``;
-``long`` (the longer variant: more stage-1/2 and judge steps); ``eval_studies=N`` (evaluate the
+``long`` (the longer variant: stage 2 twice as long); ``eval_studies=N`` (evaluate the
 first N test studies only; 0: all); ``fast_eval`` (no METEOR, Inception, probe or sweep);
 ``smoke`` (everything at the smallest size: the CI test of the main job).
 """
@@ -36,7 +36,7 @@ BARS = {"ce_f1_micro": 0.80, "vqa_accuracy": 0.90, "vqa_auroc": 0.95, "judge_aur
 
 # Steps of each training step: (default, long).
 STEPS = {"cxr_encoder": (3000, 3000), "judge": (3000, 3000), "vqgan": (500, 500), "vqgan_decoder": (300, 300),
-         "text_pretrain": (300, 300), "stage1": (1000, 1000), "stage2": (2000, 4000)}
+         "text_pretrain": (300, 300), "stage1": (1000, 1000), "stage2": (4000, 8000)}
 
 
 def evaluation_config(*, model_step: str = "stage2", max_studies: int = 0,
