@@ -3,8 +3,9 @@ the system has it.
 
 Why: XLA:CPU allocates a step's temporaries afresh on every call, and glibc's malloc maps each
 buffer over 32 MiB anew, so its pages fault again on every step (about 400,000 faults per d512
-train step of ``benchmarks.run``). tcmalloc keeps them mapped; the demo stage-1 step takes about
-half the time with it on a 2-core VM (README). ``LD_PRELOAD`` only acts when a process starts,
+train step of ``benchmarks.run``). tcmalloc keeps them mapped; the demo's stage-1 step ran 1.3x
+(one 2-core VM) to 1.9x (another) faster with it, while phi's small convolutional step did not
+change (README). ``LD_PRELOAD`` only acts when a process starts,
 hence the restart (``os.execve``: same process id, same arguments, same terminal).
 """
 
