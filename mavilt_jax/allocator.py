@@ -56,19 +56,16 @@ def preload_environment(environ: Mapping[str, str], library: str) -> dict[str, s
     return env
 
 
-def restart_with_tcmalloc(argv: Sequence[str] | None = None) -> str:
+def restart_with_tcmalloc() -> str:
     """Restarts this process (``os.execve``, which does not return) with tcmalloc preloaded when
     the system has it and no caching allocator runs yet; otherwise returns the allocator this
-    process runs with, for the run's terminal line.
-
-    ``argv``: the command to run again; default ``sys.orig_argv`` (interpreter options and
-    ``-m module`` included)."""
+    process runs with, for the run's terminal line. The command run again is ``sys.orig_argv``
+    (interpreter options and ``-m module`` included)."""
     current = in_use()
     library = find_tcmalloc()
     if current != "glibc malloc" or library is None or os.environ.get(_RESTARTED):
         return current
-    argv = list(sys.orig_argv if argv is None else argv)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *argv[1:]], preload_environment(os.environ, library))
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], preload_environment(os.environ, library))
     raise AssertionError("unreachable: os.execve returns only by raising")

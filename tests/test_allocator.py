@@ -13,7 +13,9 @@ from mavilt_jax import allocator
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TCMALLOC = pathlib.Path(allocator.TCMALLOC_PATHS[0])
-needs_tcmalloc = pytest.mark.skipif(not TCMALLOC.exists(), reason=f"{TCMALLOC} not installed (Debian: libtcmalloc-minimal4)")
+# CI installs it (.ci/run), so there these tests run; elsewhere `ls` the path to see why one skipped.
+needs_tcmalloc = pytest.mark.skipif(not TCMALLOC.exists(),
+                                    reason=f"{TCMALLOC} does not exist (Debian package libtcmalloc-minimal4)")
 
 # Prints the process id, what restart_with_tcmalloc returned (after any restart) and the
 # allocator the kernel's memory map of this process shows, read here without the module.
@@ -26,22 +28,25 @@ print(os.getpid(), said, "libtcmalloc" in maps, os.environ.get("TCMALLOC_RELEASE
 """
 
 
-def _child(env_changes: dict[str, str | None], code: str = _CHILD) -> tuple[int, list[str]]:
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "TCMALLOC_RELEASE_RATE")}
-    env.pop("MAVILT_ALLOCATOR_RESTARTED", None)
-    env.update({k: v for k, v in env_changes.items() if v is not None})
+def _child(env_changes: dict[str, str], code: str = _CHILD) -> tuple[int, list[str]]:
+    drop = ("LD_PRELOAD", "TCMALLOC_RELEASE_RATE", "MAVILT_ALLOCATOR_RESTARTED")
+    env = {k: v for k, v in os.environ.items() if k not in drop} | env_changes
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0
     return proc.pid, out.splitlines()
 
 
-def test_in_use_names_the_preloaded_allocator():
-    code = "from mavilt_jax import allocator; print(allocator.in_use())"
-    assert _child({}, code)[1] == ["glibc malloc"]
-    if not TCMALLOC.exists():
-        pytest.skip(f"{TCMALLOC} not installed (Debian: libtcmalloc-minimal4)")
-    assert _child({"LD_PRELOAD": str(TCMALLOC), "MAVILT_ALLOCATOR_RESTARTED": "1"}, code)[1] == ["tcmalloc"]
+_IN_USE = "from mavilt_jax import allocator; print(allocator.in_use())"
+
+
+def test_in_use_names_glibc_without_a_preload():
+    assert _child({}, _IN_USE)[1] == ["glibc malloc"]
+
+
+@needs_tcmalloc
+def test_in_use_names_a_preloaded_tcmalloc():
+    assert _child({"LD_PRELOAD": str(TCMALLOC)}, _IN_USE)[1] == ["tcmalloc"]
 
 
 def test_in_use_without_a_memory_map_is_unknown(tmp_path):
