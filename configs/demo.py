@@ -41,10 +41,15 @@ STEPS = {"cxr_encoder": (3000, 3000), "judge": (3000, 3000), "vqgan": (500, 500)
 
 def evaluation_config(*, model_step: str = "stage2", max_studies: int = 0,
                       fast: bool = False) -> ml_collections.ConfigDict:
-    """The evaluation step (`mavilt_jax.evaluation.pipeline_eval`) of the pipeline."""
+    """The evaluation step (`mavilt_jax.evaluation.pipeline_eval`) of the pipeline.
+
+    ``guidance_scale``: report -> image's classifier-free guidance; 0 chooses it on the validation
+    split (the first ``guidance_select_studies``) among ``guidance_sweep``'s scales by the judge's
+    macro AUROC. ``fast`` has no sweep to choose from: a fixed 3.0."""
     return ml_collections.ConfigDict(dict(
         stage="evaluation", model_step=model_step, judge="{workdir}/judge", split="test", max_studies=max_studies,
-        guidance_scale=3.0, guidance_sweep=() if fast else (1.0, 2.0, 3.0, 5.0), max_report_tokens=128,
+        guidance_scale=3.0 if fast else 0.0, guidance_select_studies=200,
+        guidance_sweep=() if fast else (1.0, 2.0, 3.0, 5.0), max_report_tokens=128,
         batch_size=32, seed=0, resamples=200 if fast else 1000, nlg_resamples=10 if fast else 100,
         fid_resamples=10 if fast else 50, meteor=not fast,
         fid_extractors=("judge",) if fast else ("inception", "judge"), probe=not fast, sample_reports=8,
@@ -94,6 +99,8 @@ def config(*, steps: int | None = None, model: str = "cpu", long: bool = False, 
         pipeline[name].eval_max_batches = 2 if smoke else 16
     if smoke:
         smoke_settings(pipeline)
+        # The guidance scale chosen on validation studies, as the full evaluation does (two scales).
+        pipeline.evaluation.update(guidance_scale=0.0, guidance_sweep=(1.0, 3.0), guidance_select_studies=eval_studies)
     config = ml_collections.ConfigDict()
     config.stage = "pipeline"
     config.pipeline = pipeline

@@ -39,6 +39,26 @@ def test_main_job_trains_then_evaluates_with_controls_and_ceilings(tiny_main_job
     assert {json.loads(line)["task"] for line in predictions} == {"report_generation", "report_to_image", "vqa"}
 
 
+def test_main_job_chooses_the_guidance_scale_on_validation_studies_only(tiny_main_job):
+    workdir = tiny_main_job["workdir"]
+    results = json.loads((workdir / "results.json").read_text())
+    selection = results["guidance_selection"]
+    assert selection["split"] == "validation" and selection["n_studies"] == 8
+    aurocs = selection["judge_auroc_macro"]
+    assert set(aurocs) == {"1.0", "3.0"}
+    # The highest validation AUROC wins, ties to the smaller scale (NaN: a scale the judge could not score).
+    finite = {float(k): v for k, v in aurocs.items() if v == v}
+    expected = min(k for k, v in finite.items() if v == max(finite.values()))
+    assert selection["chosen"] == expected == results["guidance_scale"]
+    # The images it judged are of validation studies, none of the test studies'.
+    test_ids = {json.loads(line)["study_id"] for line in
+                (workdir / "predictions" / "predictions.jsonl").read_text().splitlines()}
+    judged = {p.name.rsplit("_", 1)[0] for p in (workdir / "predictions" / "guidance_selection").glob("*/images/*_generated.png")}
+    assert len(judged) == 8 and not judged & test_ids
+    assert set(results["guidance_sweep"]) == {"1.0", "3.0"}
+    assert "chosen on 8 validation studies" in (workdir / "report_card.md").read_text()
+
+
 def test_main_job_terminal_shows_progress_not_library_logs(tiny_main_job):
     out = tiny_main_job["stdout"]
     lines = out.splitlines()

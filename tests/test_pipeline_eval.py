@@ -104,6 +104,43 @@ def test_card_puts_vqa_per_question_type_of_model_and_controls_side_by_side():
     assert "| closed | – | – |" in lines  # a figure a row lacks is a dash, not a zero
 
 
+def test_best_scale_takes_the_highest_auroc_ties_to_the_smaller_scale_and_skips_nan():
+    assert pipeline_eval.best_scale({"1.0": 0.6, "2.0": 0.72, "3.0": 0.70, "5.0": 0.65}) == 2.0
+    assert pipeline_eval.best_scale({"5.0": 0.7, "3.0": 0.7, "1.0": 0.5}) == 3.0
+    assert pipeline_eval.best_scale({"1.0": float("nan"), "2.0": 0.4}) == 2.0
+    with pytest.raises(ValueError, match="no guidance scale"):
+        pipeline_eval.best_scale({"1.0": float("nan")})
+
+
+def test_draws_set_aside_leave_the_later_draws_and_config_as_if_nothing_ran():
+    import dataclasses
+
+    import jax
+
+    from mavilt_jax.evaluation import generate
+
+    g = object.__new__(generate.Generator)  # only the random stream and the config are involved
+    g._rng, g.cfg = jax.random.key(7), generate.GenerationConfig(guidance_scale=3.0)
+    expected = jax.random.key_data(jax.random.split(jax.random.key(7))[0])
+    with g.draws_set_aside():
+        for _ in range(3):  # what _run does per call
+            g._rng, _ = jax.random.split(g._rng)
+        g.cfg = dataclasses.replace(g.cfg, guidance_scale=5.0)
+    assert g.cfg.guidance_scale == 3.0
+    g._rng, _ = jax.random.split(g._rng)
+    np.testing.assert_array_equal(jax.random.key_data(g._rng), expected)
+
+
+def test_card_names_the_validation_chosen_guidance_scale_beside_the_test_sweep():
+    sweep = {"2.0": {"conditional": {"metrics": {"auroc_macro": {"value": 0.7}}}}}  # a report_to_image result
+    card = pipeline_eval.render_card({
+        "split": "test", "n_studies": 3, "model": None, "guidance_sweep": sweep,
+        "guidance_selection": {"split": "validation", "n_studies": 5, "chosen": 2.0,
+                               "judge_auroc_macro": {"2.0": 0.75}}})
+    assert "The Model row's scale, 2.0, was chosen on 5 validation studies" in card
+    assert "| 2.0 | 0.700 | – | – | 0.750 |" in card
+
+
 def test_memoized_features_compute_each_batch_once():
     calls = []
 

@@ -11,9 +11,10 @@ templates for stage 2), built by the stage's ``SequenceBuilder``. The output rec
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +60,17 @@ class Generator:
         self._encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode))
         self._decode = jax.jit(lambda p, ids: model.apply({"params": p}, ids, method=model.decode))
         self._rng = jax.random.key(cfg.seed)
+
+    @contextlib.contextmanager
+    def draws_set_aside(self) -> Iterator[None]:
+        """Generations inside the block take their random draws from a copy of the stream, and its
+        config is restored after: what is generated after the block is as if it had not run (the
+        guidance scale chosen on validation studies does not change the test split's draws)."""
+        rng, cfg = self._rng, self.cfg
+        try:
+            yield
+        finally:
+            self._rng, self.cfg = rng, cfg
 
     def _template(self, task: str, question_type: str | None = None):
         """The instruction wording of ``task`` (None: the builder's default, held-out or fixed)."""

@@ -16,7 +16,12 @@ A quality figure proves nothing alone, so every figure of the model comes with t
 - ``ceiling_code_reader``: the same in the bars' figures: CE F1 of the labels, and VQA accuracy
   and yes/no AUROC of the answers, that linear regressions on the codes give (fitted on the
   training split): whether a bar is within what the codes carry;
-- ``guidance_sweep``: report -> image at several classifier-free guidance scales;
+- ``guidance_selection``: with ``guidance_scale`` 0, the classifier-free guidance scale of the
+  model's report -> image is chosen on the VALIDATION split (its first ``guidance_select_studies``
+  studies): the scale of ``guidance_sweep`` with the judge's highest macro AUROC there, so no test
+  figure picks it;
+- ``guidance_sweep``: report -> image at several classifier-free guidance scales (on test: the
+  trade-off, not the choice);
 - ``model_training_wording`` (stage 2, diagnostic): the model's reports and VQA with the first
   TRAINING wording of each instruction instead of the held-out one, which separates reading the
   image from generalising to an unseen wording.
@@ -33,6 +38,7 @@ import collections
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import pathlib
 import time
@@ -145,7 +151,7 @@ def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.Con
     from PIL import Image
 
     from mavilt_jax.data import sequences
-    from mavilt_jax.evaluation import conditional, curves, generate, probe, report_card, suite
+    from mavilt_jax.evaluation import curves, generate, probe, report_card, suite
 
     out = pathlib.Path(out_dir)
     pred_dir = out / "predictions"
@@ -164,20 +170,19 @@ def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.Con
         clock = time.time()
 
     generator = generate.load_generator(model_config, model_workdir, gen_cfg)
+    selection = None
+    if not ec.guidance_scale:
+        selection = select_guidance(generator, model_config, ec, pred_dir / "guidance_selection",
+                                    judge_scorers(ec.judge), cfg)
+        gen_cfg = dataclasses.replace(gen_cfg, guidance_scale=selection["chosen"])
+        generator.cfg = gen_cfg
+        lap("guidance_selection")
     examples = generate.split_examples(generator, model_config, ec.split, ec.max_studies)
     train_source = generator.stage.source(model_config.data.get("train_split", "train"))
     n = len(examples)
     progress(f"evaluation: {n} {ec.split} studies; judge {ec.judge}")
 
-    features_fns, classifier_fn = conditional.classifier_scorers(ec.judge)
-    features_fns = {"judge": features_fns["phi"]}
-    if "inception" in cfg.fid_extractors:
-        from mavilt_jax.evaluation.inception import inception_features
-
-        features_fns["inception"] = inception_features
-    # The real test images are scored again for every row and guidance scale: remember them.
-    scorers = {"features_fns": {k: memoized(fn) for k, fn in features_fns.items()},
-               "classifier_fn": memoized(classifier_fn)}
+    scorers = judge_scorers(ec.judge, inception="inception" in cfg.fid_extractors)
 
     # ---- the model -------------------------------------------------------------------------------
     records = generate.predict(generator, examples, pred_dir, progress=lambda d, t: progress(
@@ -186,7 +191,9 @@ def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.Con
     lap("generate_model")
     progress("evaluation: scoring the model")
     results: dict = {"split": ec.split, "n_studies": n, "model_workdir": str(model_workdir),
-                     "guidance_scale": ec.guidance_scale}
+                     "guidance_scale": gen_cfg.guidance_scale}
+    if selection is not None:
+        results["guidance_selection"] = selection
     results["model"] = _score(records, pred_dir, cfg, scorers, out_dir=out)
     lap("score_model")
 
@@ -259,7 +266,7 @@ def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.Con
     # ---- guidance sweep ------------------------------------------------------------------------
     sweep = {}
     for scale in ec.guidance_sweep:
-        if float(scale) == float(ec.guidance_scale):
+        if float(scale) == float(gen_cfg.guidance_scale):
             sweep[str(float(scale))] = results["model"]["report_to_image"]
             continue
         progress(f"evaluation: guidance sweep, scale {scale}")
@@ -281,6 +288,61 @@ def run(eval_config: ml_collections.ConfigDict, model_config: ml_collections.Con
     (out / "report_card.md").write_text(render_card(results) + "\n" + report_card.render(results["model"]))
     write_sample_reports(out / "sample_reports.md", records, ec.sample_reports)
     return results
+
+
+def judge_scorers(judge_dir: str, inception: bool = False) -> dict:
+    """The scorers of generated images (`suite.score_records`' ``features_fns`` and
+    ``classifier_fn``): the independent judge's classifier and features, and the Inception
+    network's features when ``inception``; each memoized, since the real images are scored again
+    for every row and guidance scale."""
+    from mavilt_jax.evaluation import conditional
+
+    features_fns, classifier_fn = conditional.classifier_scorers(judge_dir)
+    features_fns = {"judge": features_fns["phi"]}
+    if inception:
+        from mavilt_jax.evaluation.inception import inception_features
+
+        features_fns["inception"] = inception_features
+    return {"features_fns": {k: memoized(fn) for k, fn in features_fns.items()},
+            "classifier_fn": memoized(classifier_fn)}
+
+
+def select_guidance(generator, model_config: ml_collections.ConfigDict, eval_config: ml_collections.ConfigDict,
+                    out_dir: pathlib.Path, scorers: Mapping, cfg) -> dict:
+    """The guidance scale of report -> image, chosen on the validation split: among
+    ``eval_config.guidance_sweep``, the one whose images the judge recognises best (macro AUROC
+    over the requested findings) for the first ``guidance_select_studies`` validation studies
+    (ties: the smaller scale). The test split is not read.
+
+    Returns {"split", "n_studies", "judge_auroc_macro": {scale: AUROC}, "chosen": scale}."""
+    from mavilt_jax.evaluation import generate
+
+    scales = sorted({float(s) for s in eval_config.guidance_sweep})
+    if not scales:
+        raise ValueError("evaluation.guidance_scale 0 chooses the scale among evaluation.guidance_sweep, which is "
+                         "empty: give a sweep or a scale (for example guidance_scale=3.0)")
+    examples = generate.split_examples(generator, model_config, "validation", eval_config.guidance_select_studies)
+    aurocs: dict[str, float] = {}
+    with generator.draws_set_aside():
+        base = generator.cfg
+        for scale in scales:
+            progress(f"evaluation: guidance scale {scale} on {len(examples)} validation studies")
+            generator.cfg = dataclasses.replace(base, guidance_scale=scale)
+            records = generate.predict(generator, examples, out_dir / f"scale_{scale}", tasks=("report_to_image",))
+            scored = _score(records, out_dir / f"scale_{scale}", cfg, scorers, extractors=())
+            value = (_get(scored, ("report_to_image", "conditional", "metrics", "auroc_macro")) or {}).get("value")
+            aurocs[str(scale)] = float("nan") if value is None else float(value)
+    return {"split": "validation", "n_studies": len(examples), "judge_auroc_macro": aurocs,
+            "chosen": best_scale(aurocs)}
+
+
+def best_scale(aurocs: Mapping[str, float]) -> float:
+    """The scale (keys: scales as strings) with the highest AUROC; ties: the smaller scale; NaN
+    (a figure that could not be computed) never wins."""
+    finite = [(v, -float(s)) for s, v in aurocs.items() if not math.isnan(v)]
+    if not finite:
+        raise ValueError(f"no guidance scale could be scored on the validation split: {dict(aurocs)}")
+    return -max(finite)[1]
 
 
 def code_reader_ceiling(generator, train_examples: Sequence[Mapping], train_codes: np.ndarray,
@@ -451,13 +513,27 @@ def render_card(results: Mapping) -> str:
                                       else "ceiling_code_reader")
             lines.append(f"| {labels[key]} | {'<=' if key.startswith('fd_') else '>='} {b['bar']} | "
                          f"{_cell(b)} | {'yes' if b['met'] else 'NO'} | {_cell(summary_value(ceiling_row, paths[key]))} |")
+    selection = results.get("guidance_selection")
     if results.get("guidance_sweep"):
-        lines += ["", "## Guidance sweep (report -> image)", "",
-                  "| Scale | Judge AUROC (macro) | FD (Inception) | FD (judge) |", "|---|---|---|---|"]
+        lines += ["", "## Guidance sweep (report -> image)", ""]
+        if selection:
+            lines += [f"The Model row's scale, {selection['chosen']}, was chosen on {selection['n_studies']} "
+                      f"{selection['split']} studies (the judge's macro AUROC there, last column); the test columns "
+                      "show the trade-off.", ""]
+        header = "| Scale | Judge AUROC (macro) | FD (Inception) | FD (judge) |"
+        lines += [header + (f" Judge AUROC, {selection['split']} |" if selection else ""),
+                  "|---|---|---|---|" + ("---|" if selection else "")]
         for scale, res in results["guidance_sweep"].items():
             cells = [_cell(_get(res, p[1:]), 2 if k.startswith("fd_") else 3)
                      for k, _, p in SUMMARY_COLUMNS if p[0] == "report_to_image"]
+            if selection:
+                value = selection["judge_auroc_macro"].get(str(float(scale)))
+                cells.append("–" if value is None or value != value else f"{value:.3f}")
             lines.append(f"| {scale} | " + " | ".join(cells) + " |")
+    elif selection:
+        lines += ["", f"Guidance scale {selection['chosen']}, chosen on {selection['n_studies']} {selection['split']} "
+                      "studies (judge macro AUROC per scale: "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in selection["judge_auroc_macro"].items()) + ")."]
     if results.get("learning_curves"):
         from mavilt_jax.evaluation import curves
 
