@@ -530,10 +530,6 @@ def render_card(results: Mapping) -> str:
                 value = selection["judge_auroc_macro"].get(str(float(scale)))
                 cells.append("–" if value is None or value != value else f"{value:.3f}")
             lines.append(f"| {scale} | " + " | ".join(cells) + " |")
-    elif selection:
-        lines += ["", f"Guidance scale {selection['chosen']}, chosen on {selection['n_studies']} {selection['split']} "
-                      "studies (judge macro AUROC per scale: "
-                      + ", ".join(f"{k} {v:.3f}" for k, v in selection["judge_auroc_macro"].items()) + ")."]
     if results.get("learning_curves"):
         from mavilt_jax.evaluation import curves
 
