@@ -322,16 +322,17 @@ def select_guidance(generator, model_config: ml_collections.ConfigDict, eval_con
         raise ValueError("evaluation.guidance_scale 0 chooses the scale among evaluation.guidance_sweep, which is "
                          "empty: give a sweep or a scale (for example guidance_scale=3.0)")
     examples = generate.split_examples(generator, model_config, "validation", eval_config.guidance_select_studies)
+    judge_path = next(path for key, _, path in SUMMARY_COLUMNS if key == "judge_auroc")
     aurocs: dict[str, float] = {}
     with generator.draws_set_aside():
         base = generator.cfg
         for scale in scales:
             progress(f"evaluation: guidance scale {scale} on {len(examples)} validation studies")
             generator.cfg = dataclasses.replace(base, guidance_scale=scale)
-            records = generate.predict(generator, examples, out_dir / f"scale_{scale}", tasks=("report_to_image",))
-            scored = _score(records, out_dir / f"scale_{scale}", cfg, scorers, extractors=())
-            value = (_get(scored, ("report_to_image", "conditional", "metrics", "auroc_macro")) or {}).get("value")
-            aurocs[str(scale)] = float("nan") if value is None else float(value)
+            folder = out_dir / f"scale_{scale}"
+            records = generate.predict(generator, examples, folder, tasks=("report_to_image",))
+            estimate = summary_value(_score(records, folder, cfg, scorers, extractors=()), judge_path) or {}
+            aurocs[str(scale)] = float("nan") if estimate.get("value") is None else float(estimate["value"])
     return {"split": "validation", "n_studies": len(examples), "judge_auroc_macro": aurocs,
             "chosen": best_scale(aurocs)}
 
