@@ -12,7 +12,8 @@ report -> image (256 codes + <boi>/<eoi>, top-k 100) without and with classifier
 The weight-read bound at batch 1: every matmul weight (the LM head over the whole vocabulary
 included) is read once per token, so tokens/s <= bandwidth / weight bytes. ``generate``'s row shows
 its own fraction of that bound, and ours ``ours/theirs_at_bound``: the ratio ours would reach at
-the bound, the most any batch-1 decoder can show against this ``generate`` on this machine.
+its own bound, the most a batch-1 decoder streaming those weights can show against this
+``generate`` on this machine.
 """
 
 from __future__ import annotations
