@@ -155,6 +155,9 @@ SMOKE: dict[str, Smoke] = {
         job=True, replace=(("/tmp/mavilt_ablations", "{out}"),),
         args=("--only", "fixed_instructions", "--smoke"),
         writes=("{out}/ablations.json", "{out}/ablations.md")),
+    "benchmarks.reading --workdir": Smoke(
+        job=True, workdir="{job}/stage2", replace=(("/tmp/mavilt_reading.json", "{out}/reading.json"),),
+        args=("--train_studies", "24", "--test_studies", "8"), writes=("{out}/reading.json",)),
     "benchmarks.run --out": Smoke(
         replace=(("results.json", "{out}/results.json"),), args=("--only", "limits", "--repeats", "1", "--quick"),
         writes=("{out}/results.json",)),
