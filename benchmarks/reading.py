@@ -67,35 +67,18 @@ def last_prompt_states(generator, prompts: Sequence[Sequence[int]], batch_size: 
     return np.stack(out)
 
 
-def report_prompts(generator, codes: np.ndarray) -> list[list[int]]:
-    """The report prompts of the evaluation (`generate.Generator.reports`)."""
-    if generator.instruction:
-        return [generator.builder.instruction_prompt("report", codes=c) for c in codes]
-    return [generator.builder.image_to_report_prompt(c) for c in codes]
-
-
 def state_probe(train_states: np.ndarray, train_labels: np.ndarray, test_states: np.ndarray,
-                test_labels: np.ndarray, observations: Sequence[str], regularization: float = 0.1) -> dict[str, float]:
-    """Test AUROC per observation of a logistic regression on standardised states (uncertain
-    labels left out, as in `probe.code_probe`)."""
-    from sklearn.linear_model import LogisticRegression
+                test_labels: np.ndarray, observations: Sequence[str], n_jobs: int = 1) -> dict[str, float]:
+    """Test AUROC per observation of `probe.linear_probe` (the code probe's regression) on
+    standardised states."""
     from sklearn.preprocessing import StandardScaler
 
-    from mavilt_jax.data import labels as L
-    from mavilt_jax.evaluation.vqa_metrics import auroc
+    from mavilt_jax.evaluation import probe
 
     scaler = StandardScaler().fit(train_states)
-    x_train, x_test = scaler.transform(train_states), scaler.transform(test_states)
-    out = {}
-    for name in observations:
-        i = L.INDEX[name]
-        tr, te = train_labels[:, i] != L.UNCERTAIN, test_labels[:, i] != L.UNCERTAIN
-        y_train, y_test = train_labels[tr, i] == L.POSITIVE, test_labels[te, i] == L.POSITIVE
-        if len(set(y_train.tolist())) < 2 or len(set(y_test.tolist())) < 2:
-            continue
-        model = LogisticRegression(C=regularization, max_iter=3000).fit(x_train[tr], y_train)
-        out[name] = auroc(model.predict_proba(x_test[te])[:, 1], y_test)
-    return out
+    out = probe.linear_probe(scaler.transform(train_states), train_labels, scaler.transform(test_states), test_labels,
+                             observations=observations, n_jobs=n_jobs)
+    return {name: out[f"auroc/{name}"] for name in observations if f"auroc/{name}" in out}
 
 
 def asked_auroc(generator, codes: np.ndarray, labels: np.ndarray, observations: Sequence[str],
@@ -112,32 +95,27 @@ def asked_auroc(generator, codes: np.ndarray, labels: np.ndarray, observations: 
         y = labels[keep, i] == L.POSITIVE
         if len(set(y.tolist())) < 2 or name not in vqa.PRESENCE_QUESTIONS:
             continue
+        rows = np.nonzero(keep)[0]
         scores, truth = [], []
         for question in vqa.PRESENCE_QUESTIONS[name]:
-            rows = np.nonzero(keep)[0]
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start:start + batch_size]
-                _, p_yes = generator.answers(codes[chunk], [{"question": question, "question_type": "presence"}] * len(chunk))
-                scores += p_yes
+                scores += generator.p_yes(codes[chunk], [{"question": question, "question_type": "presence"}] * len(chunk))
             truth += y.tolist()
         out[name] = auroc(np.asarray(scores), np.asarray(truth))
     return out
 
 
 def said_rates(generated: np.ndarray, reference: np.ndarray, observations: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Recall and precision per observation of labeler states (uncertain counted as positive, as the
-    evaluation's CE does by default); NaN where undefined."""
-    from mavilt_jax.data import labels as L
+    """Recall and precision per observation of labeler states (`clinical.ce_counts`, uncertain
+    counted as positive as the evaluation's CE does by default); NaN where undefined."""
     from mavilt_jax.evaluation import clinical
 
-    g, r = clinical.binarise(generated, "positive"), clinical.binarise(reference, "positive")
-    out = {}
-    for name in observations:
-        i = L.INDEX[name]
-        tp = float((g[:, i] & r[:, i]).sum())
-        out[name] = {"said_recall": tp / r[:, i].sum() if r[:, i].sum() else float("nan"),
-                     "said_precision": tp / g[:, i].sum() if g[:, i].sum() else float("nan")}
-    return out
+    counts = clinical.ce_counts(reference, generated, "positive", observations)
+    tp, fp, fn = counts.tp.sum(0), counts.fp.sum(0), counts.fn.sum(0)
+    ratio = lambda num, den: float(num / den) if den else float("nan")  # noqa: E731
+    return {name: {"said_recall": ratio(tp[k], tp[k] + fn[k]), "said_precision": ratio(tp[k], tp[k] + fp[k])}
+            for k, name in enumerate(observations)}
 
 
 def diagnose(workdir: str, train_studies: int = 4000, test_studies: int = 0, batch_size: int = 64) -> dict:
@@ -160,9 +138,9 @@ def diagnose(workdir: str, train_studies: int = 4000, test_studies: int = 0, bat
 
     codes = probe.code_probe(train_codes, train_labels, test_codes, test_labels, generator.layout.codebook_size,
                              observations=observations, n_jobs=2)
-    state = state_probe(last_prompt_states(generator, report_prompts(generator, train_codes), batch_size), train_labels,
-                        last_prompt_states(generator, report_prompts(generator, test_codes), batch_size), test_labels,
-                        observations)
+    state = state_probe(last_prompt_states(generator, generator.report_prompts(train_codes), batch_size), train_labels,
+                        last_prompt_states(generator, generator.report_prompts(test_codes), batch_size), test_labels,
+                        observations, n_jobs=2)
     asked = asked_auroc(generator, test_codes, test_labels, observations, batch_size) if generator.instruction else {}
     reports = [r for start in range(0, len(test_codes), batch_size)
                for r in generator.reports(test_codes[start:start + batch_size])]

@@ -78,7 +78,7 @@ def test_last_prompt_states_are_what_the_head_reads(stage2_workdir):
     generator = generate.load_generator(config, str(stage2_workdir))
     rng = np.random.default_rng(1)
     codes = rng.integers(0, generator.layout.codebook_size, (3, generator.layout.codes_per_image))
-    prompts = reading.report_prompts(generator, codes)
+    prompts = generator.report_prompts(codes)
     prompts.append(generator.builder.instruction_prompt("vqa", codes=codes[0], question="Is there edema?"))
     assert len({len(p) for p in prompts}) == 2
     states = reading.last_prompt_states(generator, prompts, batch_size=2)
@@ -112,3 +112,18 @@ def test_cli_user_error_is_one_line_with_status_2(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.tiny_main_job
+def test_p_yes_is_the_answers_p_yes(stage2_workdir):
+    """`Generator.p_yes` (what `asked` uses) gives the P(yes) of `Generator.answers` without the greedy answer."""
+    from mavilt_jax import inference
+    from mavilt_jax.evaluation import generate
+
+    config, _ = inference.workdir_info(stage2_workdir)
+    generator = generate.load_generator(config, str(stage2_workdir))
+    codes = np.random.default_rng(2).integers(0, generator.layout.codebook_size, (2, generator.layout.codes_per_image))
+    questions = [{"question": "Is there edema?", "question_type": "presence"},
+                 {"question": "Is the heart enlarged?", "question_type": "presence"}]
+    _, expected = generator.answers(codes, questions)
+    np.testing.assert_allclose(generator.p_yes(codes, questions), expected, rtol=1e-12)

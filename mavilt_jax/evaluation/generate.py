@@ -101,10 +101,14 @@ class Generator:
         return sampling.generate(self.params, self.stage.llm_config, tokens, lengths, sampler=sampler, rng=rng,
                                  layout=self.layout, **kwargs)
 
+    def report_prompts(self, codes: np.ndarray) -> list[list[int]]:
+        """The report prompt of each codes row (stage-1 layout, or stage 2's "report" wording)."""
+        return [self.builder.instruction_prompt("report", codes=c, template=self._template("report"))
+                if self.instruction
+                else self.builder.image_to_report_prompt(c) for c in codes]
+
     def reports(self, codes: np.ndarray) -> list[str]:
-        prompts = [self.builder.instruction_prompt("report", codes=c, template=self._template("report"))
-                   if self.instruction
-                   else self.builder.image_to_report_prompt(c) for c in codes]
+        prompts = self.report_prompts(codes)
         out = self._run(prompts, sampling.Sampler(self.cfg.max_report_tokens, mode="text", temperature=0.0))
         return [self.vocab.decode_text(t).strip() for t in np.asarray(out.tokens)]
 
@@ -127,12 +131,22 @@ class Generator:
 
     def answers(self, codes: np.ndarray, questions: Sequence[Mapping]) -> tuple[list[str], list[float]]:
         """Stage-2 VQA: greedy answers and P(yes) / (P(yes) + P(no)) for each (codes row, question)."""
-        prompts = [self.builder.instruction_prompt("vqa", codes=c, question=q["question"],
-                                                   question_type=q.get("question_type"),
-                                                   template=self._template("vqa", q.get("question_type")))
-                   for c, q in zip(codes, questions)]
+        prompts = self._vqa_prompts(codes, questions)
         out = self._run(prompts, sampling.Sampler(self.cfg.max_answer_tokens, mode="text", temperature=0.0))
         answers = [self.vocab.decode_text(t).strip() for t in np.asarray(out.tokens)]
+        return answers, self._p_yes(prompts)
+
+    def p_yes(self, codes: np.ndarray, questions: Sequence[Mapping]) -> list[float]:
+        """P(yes) / (P(yes) + P(no)) for each (codes row, question), as `answers` gives it, without the greedy answer."""
+        return self._p_yes(self._vqa_prompts(codes, questions))
+
+    def _vqa_prompts(self, codes: np.ndarray, questions: Sequence[Mapping]) -> list[list[int]]:
+        return [self.builder.instruction_prompt("vqa", codes=c, question=q["question"],
+                                                question_type=q.get("question_type"),
+                                                template=self._template("vqa", q.get("question_type")))
+                for c, q in zip(codes, questions)]
+
+    def _p_yes(self, prompts: Sequence[Sequence[int]]) -> list[float]:
         tokens, lengths = sequences.left_pad(prompts, self.layout.pad_id)
         logp = {}
         for word in ("yes", "no"):
@@ -143,7 +157,7 @@ class Generator:
                                                     np.full((len(prompts),), len(ids), np.int32))
             logp[word] = np.asarray(total, np.float64)
         p_yes = 1.0 / (1.0 + np.exp(logp["no"] - logp["yes"]))
-        return answers, p_yes.tolist()
+        return p_yes.tolist()
 
 
 def _batches(items: Sequence, size: int) -> Iterable[Sequence]:

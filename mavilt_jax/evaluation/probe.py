@@ -78,7 +78,14 @@ def code_probe(train_codes: np.ndarray, train_labels: np.ndarray, test_codes: np
     ``regularization`` is scikit-learn's ``C`` (inverse L2 strength); ``n_jobs`` processes fit
     the observations' regressions.
     """
-    x_train, x_test = one_hot_codes(train_codes, codebook_size), one_hot_codes(test_codes, codebook_size)
+    return linear_probe(one_hot_codes(train_codes, codebook_size), train_labels, one_hot_codes(test_codes, codebook_size),
+                        test_labels, regularization=regularization, observations=observations, n_jobs=n_jobs)
+
+
+def linear_probe(x_train, train_labels: np.ndarray, x_test, test_labels: np.ndarray, *, regularization: float = 0.1,
+                 observations: Sequence[str] = L.OBSERVATIONS[1:], n_jobs: int = 1) -> dict[str, float | int]:
+    """`code_probe` over any features ``x`` [N, F] (dense or sparse): per-observation test AUROC
+    of a logistic regression, uncertain labels left out; the same keys as `code_probe`."""
     train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
     scored, tasks = [], []
     for name in observations:
